@@ -1,0 +1,28 @@
+"""Current-token heads: attend to their own position (a cheap extra)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+import headzoo as hz
+
+
+@hz.register
+@dataclasses.dataclass(frozen=True)
+class CurrentToken(hz.PatternDetector):
+    """Mean over queries ``q >= 1`` of the diagonal ``A[q, q]`` (query 0 has no choice)."""
+
+    name = "current_token"
+    description = "Attends from each token to itself."
+    reference = "headzoo shared/DETECTORS.md section 7 (cheap extras)"
+    variant = "mean over queries q>=1 of A[q, q]"
+    threshold = 0.4
+    needs_tokens = False
+
+    def match(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, seq = tokens.shape
+        diag = torch.eye(seq, dtype=torch.bool, device=tokens.device)
+        diag[0, 0] = False
+        return diag.expand(batch, seq, seq)

@@ -1,0 +1,54 @@
+"""headzoo: what does each attention head of this model do?
+
+``import headzoo as hz``; see ``hz.detect``, ``hz.list_detectors`` and ``hz.load_model``.
+"""
+
+from headzoo._circuits import ov_copying_ratio
+from headzoo._detector import Detector, Metrics, PatternDetector
+from headzoo._errors import (
+    DetectorDefinitionError,
+    DuplicateDetectorError,
+    HeadzooError,
+    InvalidOptionError,
+    InvalidTokensError,
+    MissingHooksError,
+    ModelNotFoundError,
+    UnknownDetectorError,
+    UnsupportedModelError,
+)
+from headzoo._models import ModelInfo, TransformerLensModel, model_info
+from headzoo._probes import RepeatedTokens
+from headzoo._registry import get_detector, list_detectors, load_detectors, register
+from headzoo._results import HeadScores
+from headzoo._runner import detect
+from headzoo._zoo import load_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Detector",
+    "PatternDetector",
+    "Metrics",
+    "RepeatedTokens",
+    "HeadScores",
+    "ModelInfo",
+    "TransformerLensModel",
+    "detect",
+    "ov_copying_ratio",
+    "get_detector",
+    "list_detectors",
+    "list_models",
+    "load_detectors",
+    "load_model",
+    "model_info",
+    "register",
+    "HeadzooError",
+    "DetectorDefinitionError",
+    "DuplicateDetectorError",
+    "InvalidOptionError",
+    "InvalidTokensError",
+    "MissingHooksError",
+    "ModelNotFoundError",
+    "UnknownDetectorError",
+    "UnsupportedModelError",
+]

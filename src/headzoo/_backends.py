@@ -1,0 +1,142 @@
+"""Build a TransformerLens model of either class from one canonical state dict.
+
+The canonical format is HookedTransformer's parameter naming (``blocks.0.attn.W_Q`` as
+``[head, d_model, d_head]`` and so on). ``HookedTransformer`` loads it as it is;
+``TransformerBridge.boot_native`` models store ``nn.Linear`` weights, so the same numbers are
+reshaped into that layout. Planted test models and the shipped zoo go through here, which is
+what makes "same weights, either class" a one-line switch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal
+
+import torch
+
+from headzoo._errors import UnsupportedModelError
+
+__all__ = ["Backend", "available_backends", "build_model", "to_bridge_state_dict"]
+
+Backend = Literal["bridge", "hooked"]
+
+_CONFIG_KEYS = (
+    "n_layers",
+    "d_model",
+    "n_ctx",
+    "d_head",
+    "n_heads",
+    "d_vocab",
+    "d_mlp",
+    "act_fn",
+    "normalization_type",
+    "attn_only",
+    "positional_embedding_type",
+    "n_key_value_heads",
+    "default_prepend_bos",
+)
+
+
+def available_backends() -> tuple[Backend, ...]:
+    """The model classes the installed TransformerLens offers (``hooked`` only on 3.x)."""
+    tl = importlib.import_module("transformer_lens")
+    try:
+        has_hooked = hasattr(tl, "HookedTransformer")
+    except ImportError:  # TransformerLens 4.x raises a migration pointer instead
+        has_hooked = False
+    return ("bridge", "hooked") if has_hooked else ("bridge",)
+
+
+def to_bridge_state_dict(
+    state_dict: dict[str, torch.Tensor], config: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Convert canonical (HookedTransformer) parameters to ``boot_native`` bridge keys."""
+    h, dh, d = config["n_heads"], config["d_head"], config["d_model"]
+    out: dict[str, torch.Tensor] = {}
+    renames = {"embed.W_E": "embed.weight", "pos_embed.W_pos": "pos_embed.weight"}
+    for key, value in state_dict.items():
+        if key in renames:
+            out[renames[key]] = value
+        elif key == "unembed.W_U":
+            out["unembed.weight"] = value.T.contiguous()
+        elif key == "unembed.b_U":
+            out["unembed.bias"] = value
+        elif key.endswith((".w", ".b")) and ".ln" in key:
+            out[key[:-2] + (".weight" if key.endswith(".w") else ".bias")] = value
+        elif ".attn." in key:
+            prefix, name = key.rsplit(".", 1)
+            letter = name.lstrip("_")[-1]
+            if name.lstrip("_").startswith("W_") and letter in "QKV":
+                n = value.shape[0]
+                out[f"{prefix}.{letter.lower()}.weight"] = (
+                    value.permute(0, 2, 1).reshape(n * dh, d).contiguous()
+                )
+            elif name.lstrip("_").startswith("b_") and letter in "QKV":
+                out[f"{prefix}.{letter.lower()}.bias"] = value.reshape(-1).contiguous()
+            elif name == "W_O":
+                out[f"{prefix}.o.weight"] = value.reshape(h * dh, d).T.contiguous()
+            elif name == "b_O":
+                out[f"{prefix}.o.bias"] = value
+        elif ".mlp." in key:
+            prefix, name = key.rsplit(".", 1)
+            target = {"W_in": "in.weight", "b_in": "in.bias", "W_out": "out.weight", "b_out": "out.bias"}
+            if name in target:
+                out[f"{prefix}.{target[name]}"] = value.T.contiguous() if name.startswith("W") else value
+    return out
+
+
+def build_model(
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    *,
+    backend: Backend = "bridge",
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    name: str | None = None,
+) -> Any:
+    """Instantiate ``config`` as the chosen class and load ``state_dict`` (canonical names).
+
+    Args:
+        config: HookedTransformerConfig-style fields (n_layers, d_model, ...).
+        state_dict: canonical parameters; every parameter of the model must be present.
+        backend: ``"bridge"`` (TransformerBridge.boot_native, TransformerLens 3.x and 4.x) or
+            ``"hooked"`` (HookedTransformer, TransformerLens 3.x only).
+        tokenizer: optional Hugging Face tokenizer.
+        name: the model name recorded in its config (and in every result's metadata).
+    """
+    cfg = {k: config[k] for k in _CONFIG_KEYS if k in config}
+    if backend not in ("bridge", "hooked"):
+        raise UnsupportedModelError(f"Unknown backend {backend!r}; choose 'bridge' or 'hooked'.")
+    if backend not in available_backends():
+        raise UnsupportedModelError(
+            "backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed. "
+            "Install transformer-lens<4 or use backend='bridge'."
+        )
+    if backend == "hooked":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        extra = {"model_name": name} if name else {}
+        model = HookedTransformer(HookedTransformerConfig(**cfg, **extra), tokenizer=tokenizer)
+        result = model.load_state_dict(state_dict, strict=False)
+        # Only the causal-mask buffers may be left to their defaults.
+        missing = [k for k in result.missing_keys if not k.endswith((".mask", ".IGNORE"))]
+        if missing or result.unexpected_keys:
+            raise UnsupportedModelError(
+                f"state dict does not fit the config: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+    else:
+        from transformer_lens.config import TransformerBridgeConfig
+        from transformer_lens.model_bridge import TransformerBridge
+
+        model = TransformerBridge.boot_native(
+            TransformerBridgeConfig(**cfg), tokenizer=tokenizer, model_name=name or "native"
+        )
+        model.load_state_dict(to_bridge_state_dict(state_dict, cfg), strict=True)
+    if device is not None:
+        model = model.to(device)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval()
+    return model

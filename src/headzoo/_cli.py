@@ -1,0 +1,54 @@
+"""Command line: ``headzoo list``, ``headzoo detect [MODEL]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="headzoo", description="What does each attention head do?")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the registered detectors and bundled models")
+    d = sub.add_parser("detect", help="score every head of a model and print the top heads per detector")
+    d.add_argument("model", nargs="?", default=None, help="bundled model name or Hugging Face id (default: the bundled default model, offline)")
+    d.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
+    d.add_argument("--top", type=int, default=3, help="heads to print per detector (default 3)")
+    d.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    d.add_argument("--out", default=None, help="also save the scores to this .parquet file")
+    d.add_argument("--seed", type=int, default=0, help="probe seed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import headzoo as hz
+
+    try:
+        if args.command == "list":
+            with pd.option_context("display.max_colwidth", 70, "display.width", 160):
+                print(hz.list_detectors()[["name", "kind", "threshold", "description"]].to_string(index=False))
+                print()
+                print(hz.list_models().to_string(index=False))
+            return 0
+        model = hz.load_model(args.model, device=args.device)
+        scores = hz.detect(model, args.detectors, seed=args.seed, progress=True)
+        top = scores.top(args.top)
+        print(f"Top {args.top} heads per detector on {scores.meta['model']['name']} "
+              f"({scores.shape[0]} layers x {scores.shape[1]} heads):")
+        cols = [c for c in ("detector", "layer", "head", "score") if c in top.columns]
+        with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+            print(top[cols].to_string(index=False))
+        if args.out:
+            print(f"saved {scores.save(args.out)}")
+        return 0
+    except hz.HeadzooError as exc:
+        print(f"headzoo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

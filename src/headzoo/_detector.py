@@ -1,0 +1,149 @@
+"""Detector base classes.
+
+A detector is a small declared object: a name, a description, a reference, the variant of
+the published definition it implements, its options as (frozen dataclass) fields, and one
+scoring function. Pattern detectors do not run the model themselves: they say which
+query-key pairs count (:meth:`PatternDetector.match`) and the runner feeds every selected
+pattern detector from one shared forward pass, reducing each attention pattern to per-head
+sums as it is produced.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import typing
+from typing import Any, ClassVar, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from headzoo._errors import InvalidOptionError
+
+__all__ = ["Detector", "PatternDetector", "Measure", "Metrics"]
+
+Measure = Literal["match", "transformer_lens"]
+
+#: metric name -> (per-prompt values ``[batch, head]``, which prompts count ``[batch]``)
+Metrics = dict[str, tuple[Float[torch.Tensor, "batch head"], Bool[torch.Tensor, " batch"]]]
+
+
+class Detector(abc.ABC):
+    """Abstract base of every detector. Subclasses are frozen dataclasses.
+
+    Class attributes to declare (plain assignments, not dataclass fields):
+        name: registry name, ``snake_case``.
+        description: one line saying what a high score means.
+        reference: paper or source of the definition.
+        variant: which variant of the definition is implemented.
+        threshold: conventional "this head is one" threshold on ``score``, or ``None``.
+        kind: ``"pattern"`` (scored from attention patterns) or ``"weights"`` (from weights).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    reference: ClassVar[str] = ""
+    variant: ClassVar[str] = ""
+    threshold: ClassVar[float | None] = None
+    kind: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            allowed = typing.get_args(hints.get(f.name)) if typing.get_origin(hints.get(f.name)) is Literal else ()
+            value = getattr(self, f.name)
+            if allowed and value not in allowed:
+                raise InvalidOptionError(
+                    f"{self.name}: option {f.name}={value!r} is not one of {list(allowed)}."
+                )
+
+    def options(self) -> dict[str, Any]:
+        """The detector's options and their values."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def metadata(self) -> dict[str, Any]:
+        """What a result records about the detector that produced it."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "variant": self.variant,
+            "reference": self.reference,
+            "threshold": self.threshold,
+            "options": self.options(),
+        }
+
+    def weight_scores(self, model: Any) -> dict[str, Float[torch.Tensor, "layer head"]]:
+        """Extra per-head metrics computed from the weights (none by default)."""
+        return {}
+
+    def compute(self, model: Any, *, progress: bool = False) -> dict[str, Float[torch.Tensor, "layer head"]]:
+        """Score every head without the shared pattern pass (for non-pattern detectors).
+
+        Returns ``{metric: [layer, head]}`` with at least ``"score"``; NaN marks a head not scored.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternDetector(Detector):
+    """A detector scored from attention patterns ``A[batch, head, query, key]``.
+
+    Subclasses implement :meth:`match`: which key positions a query "should" attend to.
+
+    Options:
+        measure: ``"match"`` (default): for each query with at least one matching key, the
+            attention on matching keys; mean over such queries, then over prompts. On the
+            repeated-token probe this is exactly the stripe score of the papers.
+            ``"transformer_lens"``: TransformerLens ``detect_head``'s ``"mul"`` measure,
+            ``sum(A * P) / sum(A)`` over the whole prompt (a perfect induction head scores ~0.5).
+        exclude_bos: ignore key position 0 and renormalise each row over the other keys.
+        exclude_current_token: ignore the diagonal likewise.
+    """
+
+    measure: Measure = "match"
+    exclude_bos: bool = False
+    exclude_current_token: bool = False
+
+    kind = "pattern"
+    #: whether :meth:`match` reads token identities (False: positions only)
+    needs_tokens: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def match(self, tokens: Int[torch.Tensor, "batch pos"]) -> Bool[torch.Tensor, "batch query key"]:
+        """``P[b, q, k]`` is True where query ``q`` should attend to key ``k`` (``k <= q``)."""
+
+    def reduce(
+        self,
+        pattern: Float[torch.Tensor, "batch head query key"],
+        match: Bool[torch.Tensor, "batch query key"],
+    ) -> Metrics:
+        """Reduce one layer's patterns to per-prompt, per-head metrics (``score`` at least)."""
+        return {"score": self._measure(pattern, match, self.exclude_bos, self.exclude_current_token)}
+
+    def _measure(
+        self,
+        pattern: Float[torch.Tensor, "batch head query key"],
+        match: Bool[torch.Tensor, "batch query key"],
+        exclude_bos: bool,
+        exclude_current_token: bool,
+    ) -> tuple[Float[torch.Tensor, "batch head"], Bool[torch.Tensor, " batch"]]:
+        seq = pattern.shape[-1]
+        keep = torch.ones(seq, seq, dtype=torch.bool, device=pattern.device)
+        if exclude_bos:
+            keep[:, 0] = False
+        if exclude_current_token:
+            keep.fill_diagonal_(False)
+        masked = exclude_bos or exclude_current_token
+        attn = pattern * keep if masked else pattern  # never writes into the caller's tensor
+        hits = match & keep
+        on_match = (attn * hits[:, None]).sum(-1)  # [batch, head, query]
+        if self.measure == "transformer_lens":
+            total = attn.sum((-1, -2))
+            score = on_match.sum(-1) / total.clamp_min(torch.finfo(attn.dtype).tiny)
+            return score, torch.ones(score.shape[0], dtype=torch.bool, device=score.device)
+        if masked:
+            on_match = on_match / attn.sum(-1).clamp_min(1e-12)
+        rows = hits.any(-1)  # [batch, query]: queries that have something to attend to
+        n_rows = rows.sum(-1)  # [batch]
+        score = (on_match * rows[:, None]).sum(-1) / n_rows.clamp_min(1)[:, None]
+        return score, n_rows > 0

@@ -1,0 +1,235 @@
+"""Result types: one tidy frame plus metadata, plotted and rendered on demand."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, final
+
+import pandas as pd
+
+from headzoo._errors import UnknownDetectorError
+
+__all__ = ["HeadScores"]
+
+_BASE = ["detector", "layer", "head", "score"]
+
+
+def _normalise(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as JSON would give it back, so save/load round-trips exactly."""
+    return json.loads(json.dumps(meta, default=str))
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _colour(value: float, lo: float, hi: float) -> str:
+    if value != value:  # NaN
+        return "#eeeeee"
+    t = 0.0 if hi <= lo else min(max((value - lo) / (hi - lo), 0.0), 1.0)
+    # white -> deep blue
+    r, g, b = (int(255 + (c - 255) * t) for c in (8, 48, 107))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+@final
+class HeadScores:
+    """Per-head scores from one or more detectors, with the metadata to reproduce them.
+
+    Build it with :func:`hz.detect`; do not subclass. ``to_frame()`` has one row per
+    (detector, layer, head) and columns ``detector, layer, head, score`` plus any extra
+    metrics a detector reports (NaN for detectors that do not report them).
+    """
+
+    __slots__ = ("_frame", "_meta")
+
+    def __init__(self, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
+        missing = [c for c in _BASE if c not in frame.columns]
+        if missing:
+            raise ValueError(f"HeadScores needs columns {_BASE}; missing {missing}")
+        frame = frame.reset_index(drop=True).copy()
+        frame["detector"] = frame["detector"].astype(str)
+        frame["layer"] = frame["layer"].astype("int64")
+        frame["head"] = frame["head"].astype("int64")
+        for col in frame.columns:
+            if col not in ("detector", "layer", "head"):
+                frame[col] = frame[col].astype("float64")
+        self._frame = frame
+        self._meta = _normalise(meta)
+
+    # -- access ---------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A copy of the metadata: model config, detector options, probe, library versions."""
+        return json.loads(json.dumps(self._meta))
+
+    @property
+    def detectors(self) -> list[str]:
+        """Detector names, in the order they were run."""
+        return list(dict.fromkeys(self._frame["detector"]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, n_heads)`` of the model scored."""
+        model = self._meta.get("model", {})
+        return int(model.get("n_layers", 0)), int(model.get("n_heads", 0))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy copy: one row per scored (detector, layer, head)."""
+        return self._frame.copy()
+
+    def _check(self, detector: str) -> pd.DataFrame:
+        if detector not in self.detectors:
+            raise UnknownDetectorError(detector, self.detectors)
+        return self._frame[self._frame["detector"] == detector]
+
+    def matrix(self, detector: str, metric: str = "score") -> pd.DataFrame:
+        """``layer x head`` table of ``metric`` for ``detector`` (NaN where a head was not scored)."""
+        rows = self._check(detector)
+        if metric not in rows.columns or rows[metric].isna().all():
+            have = [c for c in rows.columns if c not in ("detector", "layer", "head") and rows[c].notna().any()]
+            raise KeyError(f"{detector} has no metric {metric!r}; it has {have}")
+        n_layers, n_heads = self.shape
+        table = rows.pivot(index="layer", columns="head", values=metric)
+        table = table.reindex(index=range(n_layers), columns=range(n_heads))
+        table.index.name, table.columns.name = "layer", "head"
+        return table
+
+    def top(self, k: int = 5, detector: str | None = None, metric: str = "score") -> pd.DataFrame:
+        """The ``k`` highest-scoring heads of each detector (or of one), best first."""
+        if detector is not None:
+            self._check(detector)
+        frame = self._frame if detector is None else self._frame[self._frame["detector"] == detector]
+        frame = frame.dropna(subset=[metric])
+        ordered = frame.sort_values(["detector", metric, "layer", "head"], ascending=[True, False, True, True], kind="stable")
+        out = ordered.groupby("detector", sort=False).head(k)
+        order = {name: i for i, name in enumerate(self.detectors)}
+        out = out.sort_values("detector", key=lambda s: s.map(order), kind="stable")
+        return out.reset_index(drop=True)
+
+    def threshold(self, detector: str) -> float | None:
+        """The conventional threshold of ``detector`` (``None`` when it has none)."""
+        self._check(detector)
+        return self._meta.get("detectors", {}).get(detector, {}).get("threshold")
+
+    def labels(self) -> pd.DataFrame:
+        """Heads whose score passes their detector's threshold: ``detector, layer, head, score``."""
+        parts = []
+        for det in self.detectors:
+            thr = self.threshold(det)
+            if thr is not None:
+                rows = self._check(det)
+                parts.append(rows[rows["score"] >= thr][_BASE])
+        if not parts:
+            return pd.DataFrame(columns=_BASE)
+        return pd.concat(parts, ignore_index=True)
+
+    # -- display --------------------------------------------------------------------------
+    def plot(self, detector: str | None = None, metric: str = "score") -> Any:
+        """Layer x head heatmap(s) as a plotly ``Figure`` (returned, never shown)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        names = [detector] if detector is not None else self.detectors
+        for name in names:
+            self._check(name)
+        fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
+        for i, name in enumerate(names, start=1):
+            table = self.matrix(name, metric)
+            thr = self.threshold(name)
+            fig.add_trace(
+                go.Heatmap(
+                    z=table.to_numpy(), x=list(table.columns), y=list(table.index),
+                    coloraxis="coloraxis",
+                    hovertemplate=f"{name}<br>layer %{{y}}, head %{{x}}<br>{metric} %{{z:.3f}}"
+                    + (f"<br>threshold {thr}" if thr is not None else "") + "<extra></extra>",
+                ),
+                row=1, col=i,
+            )
+            fig.update_xaxes(title_text="head", row=1, col=i, dtick=1)
+            fig.update_yaxes(title_text="layer" if i == 1 else None, row=1, col=i, autorange="reversed", dtick=1)
+        values = self._frame.loc[self._frame["detector"].isin(names), metric].dropna()
+        lo = min(0.0, float(values.min())) if len(values) else 0.0
+        hi = max(1.0, float(values.max())) if len(values) else 1.0
+        fig.update_layout(
+            coloraxis={"colorscale": "Blues", "cmin": lo, "cmax": hi, "colorbar": {"title": metric}},
+            title=f"headzoo: {self._meta.get('model', {}).get('name', 'model')}",
+            height=max(300, 40 * self.shape[0] + 150), width=max(450, 320 * len(names)),
+        )
+        return fig
+
+    def __repr__(self) -> str:
+        n_layers, n_heads = self.shape
+        return (
+            f"HeadScores({len(self.detectors)} detectors x {n_layers} layers x {n_heads} heads: "
+            f"{', '.join(self.detectors)})"
+        )
+
+    def _repr_html_(self) -> str:
+        """Self-contained HTML (no scripts, no network): per detector, a heatmap grid and top heads."""
+        esc = html.escape
+        n_layers, n_heads = self.shape
+        model = self._meta.get("model", {})
+        parts = [
+            "<div class='headzoo-scores' style='font-family:sans-serif;font-size:12px'>",
+            f"<b>HeadScores</b> &middot; {esc(str(model.get('name', '')))} &middot; "
+            f"{n_layers} layers &times; {n_heads} heads &middot; probe: "
+            f"{esc(str(self._meta.get('probe', {}).get('kind', '')))}",
+        ]
+        for det in self.detectors:
+            table = self.matrix(det)
+            thr = self.threshold(det)
+            cells = []
+            for layer in table.index:
+                row = "".join(
+                    f"<td title='L{layer}H{head}: {v:.3f}' style='width:14px;height:14px;"
+                    f"background:{_colour(v, 0.0, 1.0)}'></td>"
+                    for head, v in zip(table.columns, table.loc[layer].to_numpy())
+                )
+                cells.append(f"<tr><th style='font-weight:normal;padding-right:4px'>{layer}</th>{row}</tr>")
+            top = self.top(5, det)
+            best = ", ".join(f"L{r.layer}H{r.head} ({r.score:.2f})" for r in top.itertuples())
+            parts.append(
+                "<div style='display:inline-block;vertical-align:top;margin:8px 16px 8px 0'>"
+                f"<div><b>{esc(det)}</b>" + (f" (threshold {thr:g})" if thr is not None else "") + "</div>"
+                f"<table style='border-collapse:collapse'>{''.join(cells)}</table>"
+                f"<div>top: {esc(best)}</div></div>"
+            )
+        parts.append("</div>")
+        return "".join(parts)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a Parquet file holding the frame and (in its schema metadata) the metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        table = pa.Table.from_pandas(self._frame, preserve_index=False)
+        extra = {b"headzoo": json.dumps(self._meta).encode()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+        _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> HeadScores:
+        """Read a file written by :meth:`save`."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(b"headzoo")
+        if raw is None:
+            raise ValueError(f"{path} is not a headzoo HeadScores file (no headzoo metadata)")
+        return cls(table.to_pandas(), json.loads(raw))

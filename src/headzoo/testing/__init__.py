@@ -1,0 +1,14 @@
+"""Test builders: small TransformerLens models whose heads are known by construction.
+
+Use them to check that a detector finds the head it is meant to find::
+
+    from headzoo.testing import planted_model
+    model = planted_model(previous_token=(0, 2), induction=(1, 3))
+    scores = hz.detect(model, "induction")
+    assert scores.top(1, "induction")[["layer", "head"]].values.tolist() == [[1, 3]]
+"""
+
+from headzoo.testing._planted import PlantSpec, planted_model, planted_state_dict, random_placements
+from headzoo.testing._tokenizer import word_tokenizer
+
+__all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placements", "word_tokenizer"]

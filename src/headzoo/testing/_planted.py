@@ -1,0 +1,267 @@
+"""Small models whose heads are built by hand, so the right answer is known.
+
+The residual stream is split into subspaces of width ``c = d_head // 2``:
+``TOK`` (token code), ``POS`` (position code), ``PREV`` (the previous token, written by the
+previous-token head), ``OUT`` (read by the unembedding) and ``SCRATCH`` (where every random
+head and MLP writes). Planted heads read and write only their own subspaces, so the random
+heads around them can have any attention pattern without breaking the planted circuit.
+
+- previous-token head: the query is the position code rotated one step back, so it matches
+  the key of position ``q - 1`` (sinusoidal codes make that rotation exact); it copies the
+  token code into ``PREV``.
+- induction head (a later layer): the query is the current token code, the key is the
+  ``PREV`` subspace, so it attends to the position after an earlier copy of the current token
+  (K-composition); it copies the attended token code into ``OUT`` (a copying OV circuit).
+- duplicate-token head: query and key are token codes, minus a position-code term that stops
+  a token from matching itself; it writes into ``SCRATCH``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from headzoo._backends import Backend, build_model
+
+__all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placements"]
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PlantSpec:
+    """Architecture and head placements of a planted model.
+
+    Attributes:
+        n_layers, n_heads, d_head, d_vocab, n_ctx: the architecture. ``d_model`` follows as
+            ``5 * (d_head // 2)``.
+        previous_token, induction, duplicate_token: ``(layer, head)`` of each planted head, or
+            ``None`` to leave it out. The induction head needs a previous-token head in an
+            earlier layer.
+        seed: seeds every random weight and code.
+        gain: attention logit margin of the planted heads (larger = sharper patterns).
+        noise: scale of the random heads' query/key weights (their patterns' sharpness).
+        attn_only: leave out the MLPs.
+    """
+
+    n_layers: int = 2
+    n_heads: int = 4
+    d_head: int = 64
+    d_vocab: int = 64
+    n_ctx: int = 128
+    previous_token: Head | None = (0, 0)
+    induction: Head | None = (1, 0)
+    duplicate_token: Head | None = None
+    seed: int = 0
+    gain: float = 30.0
+    noise: float = 1.0
+    attn_only: bool = False
+    _planted: dict[str, Head] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.d_head < 16 or self.d_head % 2:
+            raise ValueError(f"d_head must be even and at least 16 to hold the codes; got {self.d_head}")
+        if self.n_layers < 1 or self.n_heads < 1 or self.n_ctx < 4 or self.d_vocab < 2:
+            raise ValueError("need n_layers >= 1, n_heads >= 1, n_ctx >= 4 and d_vocab >= 2")
+        planted = {
+            name: getattr(self, name)
+            for name in ("previous_token", "induction", "duplicate_token")
+            if getattr(self, name) is not None
+        }
+        for name, (layer, head) in planted.items():
+            if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+                raise ValueError(f"{name} head {(layer, head)} is outside the model")
+        if len(set(planted.values())) != len(planted):
+            raise ValueError(f"planted heads must be distinct heads; got {planted}")
+        if self.induction is not None:
+            if self.previous_token is None or self.previous_token[0] >= self.induction[0]:
+                raise ValueError(
+                    "an induction head works by K-composition with a previous-token head, which "
+                    "must sit in an earlier layer; got previous_token="
+                    f"{self.previous_token}, induction={self.induction}"
+                )
+        object.__setattr__(self, "_planted", planted)
+
+    @property
+    def planted(self) -> dict[str, Head]:
+        """``{detector name: (layer, head)}`` of the planted heads."""
+        return dict(self._planted)
+
+    @property
+    def d_model(self) -> int:
+        return 5 * (self.d_head // 2)
+
+    def config(self) -> dict[str, Any]:
+        """HookedTransformerConfig-style fields of this architecture."""
+        return dict(
+            n_layers=self.n_layers, d_model=self.d_model, n_ctx=self.n_ctx, d_head=self.d_head,
+            n_heads=self.n_heads, d_vocab=self.d_vocab, d_mlp=None if self.attn_only else 4 * self.d_model,
+            act_fn="gelu", normalization_type=None, attn_only=self.attn_only,
+            positional_embedding_type="standard", default_prepend_bos=True,
+        )
+
+
+def _token_codes(n: int, c: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` unit vectors in ``c`` dimensions with small pairwise overlaps ``[n, c]``."""
+    if n <= c:
+        return torch.linalg.qr(torch.randn(c, c, generator=g))[0][:n].contiguous()
+    codes = torch.randn(n, c, generator=g)
+    if n <= 4096:  # spread them out: minimise a soft maximum of |cosine|
+        codes.requires_grad_(True)
+        opt = torch.optim.Adam([codes], lr=0.02)
+        eye = torch.eye(n)
+        with torch.enable_grad():
+            for _ in range(300):
+                unit = codes / codes.norm(dim=1, keepdim=True)
+                loss = torch.logsumexp(20 * ((unit @ unit.T) - eye).abs().flatten(), 0)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        codes = codes.detach()
+    return codes / codes.norm(dim=1, keepdim=True)
+
+
+def _position_codes(n_ctx: int, c: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit sinusoidal codes ``[n_ctx, c]`` and the rotation ``R`` with ``P[i] @ R = P[i-1]``."""
+    best, best_w = math.inf, None
+    offsets = torch.arange(1, n_ctx).float()[:, None]
+    for _ in range(64):  # choose frequencies whose codes overlap least at every distance
+        w = torch.rand(c // 2, generator=g) * (math.pi - 0.15) + 0.15
+        worst = torch.cos(w[None] * offsets).mean(1).abs().max().item()
+        if worst < best:
+            best, best_w = worst, w
+    assert best_w is not None
+    angles = torch.arange(n_ctx).float()[:, None] * best_w[None]
+    scale = math.sqrt(2.0 / c)
+    codes = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1) * scale
+    half = c // 2
+    rot = torch.zeros(c, c)
+    idx = torch.arange(half)
+    rot[idx, idx] = torch.cos(best_w)
+    rot[idx, idx + half] = -torch.sin(best_w)
+    rot[idx + half, idx] = torch.sin(best_w)
+    rot[idx + half, idx + half] = torch.cos(best_w)
+    return codes, rot
+
+
+def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
+    """Canonical (HookedTransformer-named) parameters of the planted model ``spec``."""
+    g = torch.Generator().manual_seed(spec.seed)
+    c, d, dh, h, v = spec.d_head // 2, spec.d_model, spec.d_head, spec.n_heads, spec.d_vocab
+    tok, pos, prev, out, scratch = (slice(i * c, (i + 1) * c) for i in range(5))
+    eye = torch.eye(c)
+    codes = _token_codes(v, c, g)
+    pcodes, rot = _position_codes(spec.n_ctx, c, g)
+    sd: dict[str, torch.Tensor] = {}
+    w_e = torch.zeros(v, d)
+    w_e[:, tok] = codes
+    w_pos = torch.zeros(spec.n_ctx, d)
+    w_pos[:, pos] = pcodes
+    w_u = torch.zeros(d, v)
+    w_u[out] = codes.T
+    w_u[scratch] = 0.1 * torch.randn(c, v, generator=g)  # random heads get random copying scores
+    sd.update({"embed.W_E": w_e, "pos_embed.W_pos": w_pos, "unembed.W_U": w_u, "unembed.b_U": torch.zeros(v)})
+    q_scale = spec.gain * math.sqrt(dh)  # TransformerLens divides scores by sqrt(d_head)
+    sigma = math.sqrt(0.75 * spec.noise)
+    roles = {head: name for name, head in spec.planted.items()}
+    for layer in range(spec.n_layers):
+        w_q = sigma * torch.randn(h, d, dh, generator=g)
+        w_k = sigma * torch.randn(h, d, dh, generator=g)
+        w_v = torch.randn(h, d, dh, generator=g) / math.sqrt(d)
+        w_o = torch.zeros(h, dh, d)
+        w_o[:, :, scratch] = 0.5 * torch.randn(h, dh, c, generator=g) / math.sqrt(dh)
+        for head in range(h):
+            role = roles.get((layer, head))
+            if role is None:
+                continue
+            w_q[head].zero_(), w_k[head].zero_(), w_v[head].zero_(), w_o[head].zero_()
+            w_v[head, tok, :c] = eye
+            if role == "previous_token":
+                w_q[head, pos, :c] = q_scale * rot
+                w_k[head, pos, :c] = eye
+                w_o[head, :c, prev] = eye
+            elif role == "induction":
+                w_q[head, tok, :c] = q_scale * eye
+                w_k[head, prev, :c] = eye
+                w_o[head, :c, out] = eye
+            elif role == "duplicate_token":
+                w_q[head, tok, :c] = q_scale * eye
+                w_k[head, tok, :c] = eye
+                w_q[head, pos, c:] = -0.75 * q_scale * eye  # a token must not match itself
+                w_k[head, pos, c:] = eye
+                w_o[head, :c, scratch] = eye
+        p = f"blocks.{layer}."
+        sd.update({
+            p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
+            p + "attn.b_Q": torch.zeros(h, dh), p + "attn.b_K": torch.zeros(h, dh),
+            p + "attn.b_V": torch.zeros(h, dh), p + "attn.b_O": torch.zeros(d),
+        })
+        if not spec.attn_only:
+            d_mlp = 4 * d
+            w_out = torch.zeros(d_mlp, d)
+            w_out[:, scratch] = 0.5 * torch.randn(d_mlp, c, generator=g) / math.sqrt(d_mlp)
+            sd.update({
+                p + "mlp.W_in": torch.randn(d, d_mlp, generator=g) / math.sqrt(d),
+                p + "mlp.b_in": torch.zeros(d_mlp), p + "mlp.W_out": w_out, p + "mlp.b_out": torch.zeros(d),
+            })
+    return sd
+
+
+def planted_model(
+    spec: PlantSpec | None = None,
+    *,
+    backend: Backend = "bridge",
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    name: str = "planted",
+    **spec_fields: Any,
+) -> Any:
+    """Build a TransformerLens model with planted heads.
+
+    Args:
+        spec: the architecture and placements; or give :class:`PlantSpec` fields as keywords.
+        backend: ``"bridge"`` (TransformerBridge, any TransformerLens) or ``"hooked"``
+            (HookedTransformer, TransformerLens 3.x).
+        tokenizer: a Hugging Face tokenizer, ``True`` for a word tokenizer over
+            ``d_vocab - 2`` words ``tok0, tok1, ...``, or ``None`` for none.
+
+    Returns:
+        The model, in eval mode. The same ``spec`` gives identical weights in either class.
+
+    Example:
+        >>> model = planted_model(previous_token=(0, 3), induction=(1, 1))  # doctest: +SKIP
+    """
+    if spec is None:
+        spec = PlantSpec(**spec_fields)
+    elif spec_fields:
+        known = {f.name for f in fields(PlantSpec) if f.init}
+        spec = PlantSpec(**{**{k: getattr(spec, k) for k in known}, **spec_fields})
+    if tokenizer is True:
+        from headzoo.testing._tokenizer import word_tokenizer
+
+        tokenizer = word_tokenizer([f"tok{i}" for i in range(spec.d_vocab - 2)])
+    return build_model(
+        spec.config(), planted_state_dict(spec), backend=backend, tokenizer=tokenizer,
+        device=device, dtype=dtype, name=name,
+    )
+
+
+def random_placements(
+    n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True
+) -> dict[str, Head]:
+    """Random distinct head placements with the previous-token head below the induction head."""
+    if n_layers < 2:
+        raise ValueError("placements with an induction head need at least 2 layers")
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
+    prev_layer = pick(0, n_layers - 1)
+    out = {"previous_token": (prev_layer, pick(0, n_heads)), "induction": (pick(prev_layer + 1, n_layers), pick(0, n_heads))}
+    if duplicate_token:
+        taken = set(out.values())
+        free = [(l, hh) for l in range(n_layers) for hh in range(n_heads) if (l, hh) not in taken]
+        out["duplicate_token"] = free[pick(0, len(free))]
+    return out

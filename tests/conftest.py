@@ -1,0 +1,43 @@
+"""Shared fixtures. headzoo is imported with jaxtyping + beartype runtime checks, so every
+annotated tensor shape in the engine is checked while the tests run."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+from jaxtyping import install_import_hook
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+with install_import_hook("headzoo", "beartype.beartype"):
+    import headzoo  # noqa: F401
+    import headzoo.testing  # noqa: F401
+
+from headzoo._backends import available_backends  # noqa: E402
+from headzoo.testing import PlantSpec, planted_model  # noqa: E402
+
+BACKENDS = available_backends()
+
+
+@functools.lru_cache(maxsize=32)
+def cached_planted(spec: PlantSpec, backend: str = "bridge", tokenizer: bool = False):
+    """Planted models are read-only in the tests, so one build serves many tests."""
+    return planted_model(spec, backend=backend, tokenizer=tokenizer or None)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def demo_spec() -> PlantSpec:
+    return PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=66, n_ctx=64,
+                     previous_token=(0, 1), duplicate_token=(1, 2), induction=(2, 0), seed=11)
+
+
+@pytest.fixture
+def demo_model(demo_spec: PlantSpec):
+    return cached_planted(demo_spec, "bridge", True)
