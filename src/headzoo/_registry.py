@@ -18,7 +18,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
@@ -40,7 +40,6 @@ _LOADED_FILES: set[Path] = set()
 _LOCK = threading.RLock()
 _state = {"discovered": False, "discovering": False, "source": "user"}
 
-D = TypeVar("D", bound=type[Detector])
 
 
 def builtin_detectors_dir() -> Path:
@@ -51,7 +50,7 @@ def builtin_detectors_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "detectors"
 
 
-def register(cls: D | None = None, *, replace: bool = False) -> Any:
+def register(cls: Any = None, *, replace: bool = False) -> Any:
     """Class decorator that adds a detector to the registry.
 
     The class must subclass :class:`hz.Detector` (usually :class:`hz.PatternDetector`), be a
@@ -65,7 +64,7 @@ def register(cls: D | None = None, *, replace: bool = False) -> Any:
         DetectorDefinitionError: the class does not declare what the registry needs.
     """
 
-    def add(klass: D) -> D:
+    def add(klass: Any) -> Any:
         if not (isinstance(klass, type) and issubclass(klass, Detector)):
             raise DetectorDefinitionError(
                 f"@hz.register expects a subclass of hz.Detector; got {klass!r}."

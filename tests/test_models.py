@@ -1,0 +1,66 @@
+"""Model loading and the structural protocol, on local objects (no hub)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import headzoo as hz
+from headzoo._models import head_weights
+
+from conftest import BACKENDS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_model_loads_offline_and_has_its_planted_heads(backend, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = hz.load_model(backend=backend)
+    assert isinstance(model, hz.TransformerLensModel)
+    info = hz.model_info(model)
+    assert info.name == "planted-demo" and info.bos_token_id == 0
+    top = hz.detect(model, ["previous_token", "duplicate_token", "induction"], n_prompts=4).top(1)
+    assert {(r.detector, r.layer, r.head) for r in top.itertuples()} == {
+        ("previous_token", 0, 2), ("duplicate_token", 1, 1), ("induction", 2, 3)}
+
+
+def test_list_models_marks_the_default():
+    table = hz.list_models()
+    assert table.loc[table["default"], "name"].tolist() == ["planted-demo"]
+
+
+def test_a_hugging_face_model_from_a_local_directory(tmp_path, monkeypatch):
+    """The hub code path (boot_transformers) on a checkpoint and tokenizer saved by the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from headzoo.testing import word_tokenizer
+
+    tokenizer = word_tokenizer([f"w{i}" for i in range(62)])
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = hz.load_model(str(tmp_path))
+    ids = torch.tensor([[0, 5, 6, 7, 8]])
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max() < 1e-4
+    frame = hz.detect(model, ["previous_token", "induction"], n_prompts=2).to_frame()
+    assert len(frame) == 2 * 2 * 4 and frame["score"].between(0, 1).all()
+
+
+def test_grouped_query_weights_map_query_heads_to_kv_heads():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = TransformerBridgeConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, n_heads=4, n_key_value_heads=2,
+                                  d_vocab=10, act_fn="gelu", d_mlp=16, seed=0)
+    model = TransformerBridge.boot_native(cfg)
+    w_k = head_weights(model, "K")
+    assert w_k.shape == (1, 4, 16, 4)
+    raw = model.W_K.detach()
+    if raw.shape[1] == 2:  # stored per key-value head: head h reads kv head h // 2
+        for h in range(4):
+            assert torch.equal(w_k[0, h], raw[0, h // 2])
+    scores = hz.detect(model, "previous_token", n_prompts=2, half_len=3).to_frame()
+    assert len(scores) == 4
