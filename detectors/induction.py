@@ -32,6 +32,9 @@ class Induction(hz.PatternDetector):
     variant = "stripe: attention on k with tok[k-1]==tok[q], mean over queries with such k; copying: OV eigenvalue ratio"
     threshold = 0.4
 
+    #: also report the OV copying score (costs one d_model x vocab x d_model product)
+    copying: bool = True
+
     def match(self, tokens: torch.Tensor) -> torch.Tensor:
         seq = tokens.shape[1]
         after_copy = torch.zeros_like(tokens[:, :, None].expand(-1, -1, seq), dtype=torch.bool)
@@ -41,4 +44,4 @@ class Induction(hz.PatternDetector):
         return after_copy & torch.ones(seq, seq, dtype=torch.bool, device=tokens.device).tril(diagonal)
 
     def weight_scores(self, model: object) -> dict[str, torch.Tensor]:
-        return {"copying": hz.ov_copying_ratio(model)}
+        return {"copying": hz.ov_copying_ratio(model)} if self.copying else {}

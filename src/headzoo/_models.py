@@ -179,24 +179,34 @@ def model_info(model: Any) -> ModelInfo:
 WeightName = Literal["Q", "K", "V", "O"]
 
 
-def head_weights(model: Any, which: WeightName) -> Float[torch.Tensor, "layer head ..."]:
-    """Per-query-head weights, stacked over layers.
+def head_weights(model: Any, which: WeightName, layer: int | None = None) -> torch.Tensor:
+    """Per-query-head weights of one layer or stacked over all layers.
 
     Returns ``W_Q/W_K/W_V`` as ``[layer, head, d_model, d_head]`` and ``W_O`` as
-    ``[layer, head, d_head, d_model]``. For grouped-query models the key/value weights are
-    expanded so query head ``h`` reads key-value head ``h // (n_heads // n_kv_heads)``.
+    ``[layer, head, d_head, d_model]`` (without the leading ``layer`` axis when ``layer`` is
+    given; that path reads only that layer's weights, keeping memory flat). For grouped-query
+    models the key/value weights are expanded so query head ``h`` reads key-value head
+    ``h // (n_heads // n_kv_heads)``.
     """
     info = model_info(model)
-    w = getattr(model, f"W_{which}", None)
+    w = None
+    if layer is not None:
+        blocks = getattr(model, "blocks", None)
+        attn = getattr(blocks[layer], "attn", None) if blocks is not None else None
+        w = getattr(attn, f"W_{which}", None)
     if w is None:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} exposes no W_{which}; weight-based scores need "
-            "TransformerLens' stacked weight properties (W_Q, W_K, W_V, W_O, W_E, W_U)."
-        )
+        w = getattr(model, f"W_{which}", None)
+        if w is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} exposes no W_{which}; weight-based scores need "
+                "TransformerLens' weight properties (W_Q, W_K, W_V, W_O, W_E, W_U)."
+            )
+        if layer is not None:
+            w = w[layer]
     w = w.detach()
-    if which in ("K", "V") and w.shape[1] != info.n_heads:
-        group = info.n_heads // w.shape[1]
-        w = w.repeat_interleave(group, dim=1)
+    head_axis = 0 if layer is not None else 1
+    if which in ("K", "V") and w.shape[head_axis] != info.n_heads:
+        w = w.repeat_interleave(info.n_heads // w.shape[head_axis], dim=head_axis)
     return w
 
 
