@@ -136,7 +136,8 @@ class PatternDetector(Detector):
         masked = exclude_bos or exclude_current_token
         attn = pattern * keep if masked else pattern  # never writes into the caller's tensor
         hits = match & keep
-        on_match = (attn * hits[:, None]).sum(-1)  # [batch, head, query]
+        # einsum contracts over keys without materialising a [batch, head, q, k] product
+        on_match = torch.einsum("bhqk,bqk->bhq", attn, hits.to(attn.dtype))
         if self.measure == "transformer_lens":
             total = attn.sum((-1, -2))
             score = on_match.sum(-1) / total.clamp_min(torch.finfo(attn.dtype).tiny)
