@@ -11,7 +11,7 @@ import headzoo as hz
 
 @hz.register
 @dataclasses.dataclass(frozen=True)
-class CurrentToken(hz.PatternDetector):
+class CurrentToken(hz.PositionalDetector):
     """Mean over queries ``q >= 1`` of the diagonal ``A[q, q]`` (query 0 has no choice)."""
 
     name = "current_token"
@@ -19,10 +19,8 @@ class CurrentToken(hz.PatternDetector):
     reference = "headzoo shared/DETECTORS.md section 7 (cheap extras)"
     variant = "mean over queries q>=1 of A[q, q]"
     threshold = 0.4
-    needs_tokens = False
 
-    def match(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, seq = tokens.shape
-        diag = torch.eye(seq, dtype=torch.bool, device=tokens.device)
-        diag[0, 0] = False
-        return diag.expand(batch, seq, seq)
+    def mask(self, seq: int, device: torch.device) -> torch.Tensor:
+        diag = torch.eye(seq, dtype=torch.bool, device=device)
+        diag[0, 0] = False  # query 0 has no choice
+        return diag

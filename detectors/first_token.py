@@ -16,7 +16,7 @@ import headzoo as hz
 
 @hz.register
 @dataclasses.dataclass(frozen=True)
-class FirstToken(hz.PatternDetector):
+class FirstToken(hz.PositionalDetector):
     """Mean over queries ``q >= 1`` of ``A[q, 0]``."""
 
     name = "first_token"
@@ -24,10 +24,8 @@ class FirstToken(hz.PatternDetector):
     reference = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks, arXiv 2309.17453"
     variant = "mean over queries q>=1 of A[q, 0]"
     threshold = 0.3
-    needs_tokens = False
 
-    def match(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, seq = tokens.shape
-        first = torch.zeros(seq, seq, dtype=torch.bool, device=tokens.device)
+    def mask(self, seq: int, device: torch.device) -> torch.Tensor:
+        first = torch.zeros(seq, seq, dtype=torch.bool, device=device)
         first[1:, 0] = True
-        return first.expand(batch, seq, seq)
+        return first

@@ -15,7 +15,7 @@ import headzoo as hz
 
 @hz.register
 @dataclasses.dataclass(frozen=True)
-class PreviousToken(hz.PatternDetector):
+class PreviousToken(hz.PositionalDetector):
     """Mean over prompts and queries ``q >= 1`` of ``A[q, q-1]``.
 
     Also reports ``score_exclude_bos``: the same with key 0 ignored and rows renormalised,
@@ -27,12 +27,9 @@ class PreviousToken(hz.PatternDetector):
     reference = "Elhage et al. 2021, A Mathematical Framework for Transformer Circuits"
     variant = "mean over queries q>=1 of A[q, q-1]; plus score_exclude_bos"
     threshold = 0.4
-    needs_tokens = False
 
-    def match(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, seq = tokens.shape
-        diag = torch.ones(seq - 1, dtype=torch.bool, device=tokens.device).diag(-1)
-        return diag.expand(batch, seq, seq)
+    def mask(self, seq: int, device: torch.device) -> torch.Tensor:
+        return torch.ones(seq - 1, dtype=torch.bool, device=device).diag(-1)
 
     def reduce(self, pattern: torch.Tensor, match: torch.Tensor) -> hz.Metrics:
         out = super().reduce(pattern, match)

@@ -4,7 +4,7 @@
 """
 
 from headzoo._circuits import ov_copying_ratio
-from headzoo._detector import Detector, Metrics, PatternDetector
+from headzoo._detector import Detector, Metrics, PatternDetector, PositionalDetector
 from headzoo._errors import (
     DetectorDefinitionError,
     DuplicateDetectorError,
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Detector",
     "PatternDetector",
+    "PositionalDetector",
     "Metrics",
     "RepeatedTokens",
     "HeadScores",

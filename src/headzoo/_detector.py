@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float, Int
 
 from headzoo._errors import InvalidOptionError
 
-__all__ = ["Detector", "PatternDetector", "Measure", "Metrics"]
+__all__ = ["Detector", "PatternDetector", "PositionalDetector", "Measure", "Metrics"]
 
 Measure = Literal["match", "transformer_lens"]
 
@@ -148,3 +148,22 @@ class PatternDetector(Detector):
         n_rows = rows.sum(-1)  # [batch]
         score = (on_match * rows[:, None]).sum(-1) / n_rows.clamp_min(1)[:, None]
         return score, n_rows > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionalDetector(PatternDetector):
+    """A pattern detector whose matching keys depend on positions only, not on token ids.
+
+    Subclasses implement :meth:`mask`; the same ``[query, key]`` mask serves every prompt, and
+    with a user's cache no tokens are needed.
+    """
+
+    needs_tokens: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def mask(self, seq: int, device: torch.device) -> Bool[torch.Tensor, "query key"]:
+        """``M[q, k]`` is True where query ``q`` should attend to key ``k`` (``k <= q``)."""
+
+    def match(self, tokens: Int[torch.Tensor, "batch pos"]) -> Bool[torch.Tensor, "batch query key"]:
+        batch, seq = tokens.shape
+        return self.mask(seq, tokens.device).expand(batch, seq, seq)
