@@ -27,12 +27,13 @@ def run(seeds: int, backend: str) -> pd.DataFrame:
         pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
         n_layers, n_heads = pick([2, 3, 4, 6]), pick([2, 4, 8, 12])
         d_head, d_vocab, n_ctx = pick([16, 32, 64]), pick([12, 50, 300, 2000]), pick([16, 32, 128, 256])
-        placements = random_placements(n_layers, n_heads, seed)
+        # narrow heads cannot hold a planted duplicate-token head (PlantSpec refuses it)
+        placements = random_placements(n_layers, n_heads, seed, duplicate_token=d_head >= 32)
         spec = PlantSpec(n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab, n_ctx=n_ctx,
                          seed=seed, **placements)
         scores = hz.detect(planted_model(spec, backend=backend), DETECTORS, n_prompts=8, progress=False)
         frame = scores.to_frame()
-        for name in DETECTORS:
+        for name in placements:
             part = frame[frame["detector"] == name].sort_values("score", ascending=False).reset_index(drop=True)
             is_planted = (part["layer"] == placements[name][0]) & (part["head"] == placements[name][1])
             planted_score = float(part.loc[is_planted, "score"].iloc[0])

@@ -23,11 +23,11 @@ CASES = [
 
 @pytest.mark.parametrize("n_layers,n_heads,d_head,d_vocab,n_ctx,seed", CASES)
 def test_each_detector_ranks_its_planted_head_first(n_layers, n_heads, d_head, d_vocab, n_ctx, seed):
-    placements = random_placements(n_layers, n_heads, seed)
+    placements = random_placements(n_layers, n_heads, seed, duplicate_token=d_head >= 32)
     spec = PlantSpec(n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab,
                      n_ctx=n_ctx, seed=seed, **placements)
     scores = hz.detect(cached_planted(spec), PLANTED_DETECTORS, n_prompts=8)
-    for name in PLANTED_DETECTORS:
+    for name in placements:
         ranked = scores.top(n_layers * n_heads, name)
         first, second = ranked.iloc[0], ranked.iloc[1]
         assert (first["layer"], first["head"]) == placements[name], (name, ranked.head(3))
@@ -76,5 +76,7 @@ def test_plant_spec_rejects_impossible_placements():
         PlantSpec(previous_token=(1, 0), induction=(1, 1))
     with pytest.raises(ValueError, match="outside"):
         PlantSpec(n_layers=2, previous_token=(0, 9))
+    with pytest.raises(ValueError, match="d_head >= 32"):
+        PlantSpec(d_head=16, duplicate_token=(0, 1))
     with pytest.raises(ValueError, match="distinct"):
         PlantSpec(previous_token=(0, 0), induction=(1, 0), duplicate_token=(0, 0))
