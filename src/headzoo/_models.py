@@ -188,7 +188,7 @@ def head_weights(model: Any, which: WeightName, layer: int | None = None) -> tor
     models the key/value weights are expanded so query head ``h`` reads key-value head
     ``h // (n_heads // n_kv_heads)``.
     """
-    info = model_info(model)
+    n_heads = int(model.cfg.n_heads)  # not model_info(): this runs once per layer in loops
     w = None
     if layer is not None:
         blocks = getattr(model, "blocks", None)
@@ -205,8 +205,8 @@ def head_weights(model: Any, which: WeightName, layer: int | None = None) -> tor
             w = w[layer]
     w = w.detach()
     head_axis = 0 if layer is not None else 1
-    if which in ("K", "V") and w.shape[head_axis] != info.n_heads:
-        w = w.repeat_interleave(info.n_heads // w.shape[head_axis], dim=head_axis)
+    if which in ("K", "V") and w.shape[head_axis] != n_heads:
+        w = w.repeat_interleave(n_heads // w.shape[head_axis], dim=head_axis)
     return w
 
 

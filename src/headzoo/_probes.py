@@ -28,7 +28,7 @@ class RepeatedTokens:
 
     Attributes:
         n_prompts: number of prompts.
-        half_len: tokens per half; ``None`` means ``min(50, (n_ctx - bos) // 2)``.
+        half_len: tokens per half; ``None`` means ``min(50, (n_ctx - bos) // 2, n_ordinary_tokens)``.
         batch_size: prompts per forward pass (4 is as fast as larger batches on CPU and keeps
             activation memory small; raise it on a GPU).
         seed: seeds the token draws (the generator is private; global RNG is untouched).

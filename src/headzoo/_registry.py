@@ -41,7 +41,6 @@ _LOCK = threading.RLock()
 _state = {"discovered": False, "discovering": False, "source": "user"}
 
 
-
 def builtin_detectors_dir() -> Path:
     """Folder of the built-in detectors: inside the installed wheel, or the source checkout's."""
     packaged = Path(__file__).parent / "_builtin_detectors"
