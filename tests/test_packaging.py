@@ -14,13 +14,18 @@ import headzoo as hz
 from headzoo._registry import builtin_detectors_dir
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTINS = ["current_token", "duplicate_token", "first_token", "induction", "previous_token"]
+BUILTINS = [
+    "copy_suppression", "copying", "current_token", "duplicate_token", "first_token", "induction",
+    "previous_token", "successor",
+]
+#: registered names: copying.py holds both copying and negative_copying
+REGISTERED = sorted([*BUILTINS, "negative_copying"])
 
 
 def test_builtins_in_this_install():
     folder = builtin_detectors_dir()
     assert sorted(p.stem for p in folder.glob("*.py")) == BUILTINS
-    assert set(BUILTINS) <= set(hz.list_detectors()["name"])
+    assert set(REGISTERED) <= set(hz.list_detectors()["name"])
 
 
 def test_builtins_after_a_plain_wheel_install(tmp_path):
@@ -40,4 +45,4 @@ def test_builtins_after_a_plain_wheel_install(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code, str(site)], env=env, check=True, capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.strip().split(",") == BUILTINS
+    assert out.stdout.strip().split(",") == REGISTERED

@@ -3,10 +3,19 @@
 ``import headzoo as hz``; see ``hz.detect``, ``hz.list_detectors`` and ``hz.load_model``.
 """
 
-from headzoo._circuits import ov_copying_ratio
-from headzoo._detector import Detector, Metrics, PatternDetector, PositionalDetector
+from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio
+from headzoo._detector import (
+    Detector,
+    DetectorOutput,
+    Metrics,
+    PatternDetector,
+    PositionalDetector,
+    WeightDetector,
+)
+from headzoo._embedding import EMBEDDING_VARIANTS, effective_embedding, embedding_metadata
 from headzoo._errors import (
     DetectorDefinitionError,
+    DetectorNotApplicableError,
     DuplicateDetectorError,
     HeadzooError,
     InvalidOptionError,
@@ -17,6 +26,8 @@ from headzoo._errors import (
     UnsupportedModelError,
 )
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
+from headzoo._ordinal import ORDINAL_LISTS, OrdinalTask, ordinal_tasks
+from headzoo._ordinal import as_tasks as as_ordinal_tasks
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
 from headzoo._results import HeadScores
@@ -29,6 +40,8 @@ __all__ = [
     "Detector",
     "PatternDetector",
     "PositionalDetector",
+    "WeightDetector",
+    "DetectorOutput",
     "Metrics",
     "RepeatedTokens",
     "HeadScores",
@@ -36,6 +49,15 @@ __all__ = [
     "TransformerLensModel",
     "detect",
     "ov_copying_ratio",
+    "effective_embedding",
+    "embedding_metadata",
+    "EMBEDDING_VARIANTS",
+    "WeightCircuits",
+    "OVRanks",
+    "OrdinalTask",
+    "ORDINAL_LISTS",
+    "ordinal_tasks",
+    "as_ordinal_tasks",
     "get_detector",
     "list_detectors",
     "list_models",
@@ -45,6 +67,7 @@ __all__ = [
     "register",
     "HeadzooError",
     "DetectorDefinitionError",
+    "DetectorNotApplicableError",
     "DuplicateDetectorError",
     "InvalidOptionError",
     "InvalidTokensError",

@@ -1,16 +1,38 @@
-"""Weight-based circuit scores, computed on small factors (no ``vocab x vocab`` matrix)."""
+"""Weight-based circuit scores, computed on small factors or in chunks: never ``vocab x vocab``.
+
+A head's OV circuit says what it writes about the token it attends to, its QK circuit which
+tokens it attends to (Elhage et al. 2021). Read from the weights, with each side normalised
+the way the model normalises it:
+
+- OV: source token ``t`` -> ``LN1(W_EE[t]) @ W_V @ W_O``, then the final LayerNorm's linear
+  part (centring for LayerNorm, its weight) and ``W_U``: the head's direct effect on every
+  output logit (value and output biases, the same for every token, are left out).
+- QK: query vector ``LN1(x_q) @ W_Q`` against key vectors ``LN1(W_EE[k]) @ W_K`` (biases left
+  out), where ``x_q`` is a predicted token's unembedding (copy suppression) or its effective
+  embedding (the baseline).
+
+This is the weight processing of McDougall et al. (2023): LayerNorm folded into the weights and
+writing weights centred, done on the fly so the model is never modified. ``LN(x) - LN(0)``
+removes a normalisation's bias whatever its kind (LayerNorm, RMSNorm, none).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
 
-from headzoo._errors import UnsupportedModelError
-from headzoo._models import head_weights, model_info
+from headzoo._embedding import EmbeddingVariant, effective_embedding
+from headzoo._errors import InvalidOptionError, UnsupportedModelError
+from headzoo._models import ModelInfo, head_weights, model_info
 
-__all__ = ["ov_copying_ratio"]
+__all__ = ["ov_copying_ratio", "WeightCircuits", "OVRanks"]
+
+#: ties: two logits closer than this fraction of the largest possible logit count as equal
+_TIE = 1e-5
 
 
 def ov_copying_ratio(model: Any) -> Float[torch.Tensor, "layer head"]:
@@ -44,3 +66,240 @@ def ov_copying_ratio(model: Any) -> Float[torch.Tensor, "layer head"]:
             ratio = eig.sum(-1).real / total.clamp_min(1e-300)
             out[layer] = torch.where(flat, torch.zeros_like(ratio), ratio).cpu()
     return out
+
+
+def _unbiased(module: Any, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n d"]:
+    """``module(x) - module(0)``: a normalisation without its bias (identity when ``None``)."""
+    if module is None:
+        return x
+    y = module(x[None].to(_dtype_of(module, x)))[0].float()
+    z = module(torch.zeros_like(x[:1])[None].to(_dtype_of(module, x)))[0].float()
+    return y - z
+
+
+def _dtype_of(module: Any, x: torch.Tensor) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return x.dtype
+
+
+@dataclass(frozen=True)
+class OVRanks:
+    """Where each sampled token's own logit falls in its OV row, per head.
+
+    Attributes:
+        below: ``[layer, head, n]`` other outputs whose logit is at most the own logit (ties
+            count: a flat row puts every other output here), so 0 means "own logit is the
+            strict minimum".
+        above: ``[layer, head, n]`` other outputs whose logit is at least the own logit.
+        n_outputs: how many outputs (vocabulary columns) each row ranks over.
+    """
+
+    below: Int[torch.Tensor, "layer head n"]
+    above: Int[torch.Tensor, "layer head n"]
+    n_outputs: int
+
+
+class WeightCircuits:
+    """Per-``detect`` workspace shared by the weight-based detectors.
+
+    One token sample, one effective embedding and one pass over the vocabulary serve every
+    weight detector selected in the same call; results are memoised by their options.
+
+    Args:
+        model: any TransformerLens model.
+        progress: show a progress bar on the vocabulary pass (``None``: only for large models).
+        chunk_bytes: memory budget of one block of logits in the vocabulary pass.
+    """
+
+    def __init__(self, model: Any, *, progress: bool | None = None, chunk_bytes: int = 64 * 2**20) -> None:
+        for name in ("W_U", "W_V", "W_O", "W_Q", "W_K"):
+            if getattr(model, name, None) is None:
+                raise UnsupportedModelError(
+                    f"{type(model).__name__} exposes no {name}; weight-based detectors need "
+                    "TransformerLens' weight properties (W_Q, W_K, W_V, W_O, W_U)."
+                )
+        self.model = model
+        self.info: ModelInfo = model_info(model)
+        self.progress = progress
+        self.chunk_bytes = chunk_bytes
+        self.device = torch.device(self.info.device)
+        self._memo: dict[Any, Any] = {}
+
+    # -- tokens and embeddings --------------------------------------------------------------
+    @property
+    def n_outputs(self) -> int:
+        """Vocabulary columns ranked over: real tokens only (no padding rows of W_U)."""
+        return min(self.info.n_real_tokens, int(self.model.W_U.shape[-1]))
+
+    def candidates(self) -> Int[torch.Tensor, " n"]:
+        """Token ids a sample may hold: real, non-special tokens."""
+        ids = torch.arange(self.n_outputs)
+        if self.info.special_token_ids:
+            ids = ids[~torch.isin(ids, torch.tensor(self.info.special_token_ids))]
+        return ids
+
+    def sample(self, n_tokens: int, seed: int) -> Int[torch.Tensor, " n"]:
+        """``n_tokens`` distinct source tokens, sorted (all candidates when there are fewer)."""
+        if n_tokens < 2:
+            raise InvalidOptionError(f"n_tokens must be at least 2; got {n_tokens}")
+        key = ("sample", n_tokens, seed)
+        if key not in self._memo:
+            ids = self.candidates()
+            if len(ids) < 2:
+                raise InvalidOptionError(
+                    f"the model has {len(ids)} non-special tokens; weight scores need at least 2"
+                )
+            if len(ids) > n_tokens:
+                g = torch.Generator().manual_seed(seed)
+                ids = ids[torch.randperm(len(ids), generator=g)[:n_tokens]].sort().values
+            self._memo[key] = ids
+        return self._memo[key]
+
+    def sample_metadata(self, n_tokens: int, seed: int) -> dict[str, Any]:
+        ids = self.sample(n_tokens, seed)
+        n_candidates = len(self.candidates())
+        return {
+            "n_tokens": int(len(ids)),
+            "n_candidates": int(n_candidates),
+            "sampled": bool(len(ids) < n_candidates),
+            "seed": seed,
+            "n_outputs": self.n_outputs,
+        }
+
+    def embedding(self, ids: Int[torch.Tensor, " n"], variant: EmbeddingVariant) -> Float[torch.Tensor, "n d_model"]:
+        key = ("embedding", variant, tuple(ids.tolist()))
+        if key not in self._memo:
+            self._memo[key] = effective_embedding(self.model, ids, variant=variant)
+        return self._memo[key]
+
+    # -- normalisation ----------------------------------------------------------------------
+    def layer_input(self, layer: int, x: Float[torch.Tensor, "n d_model"]) -> Float[torch.Tensor, "n d_model"]:
+        """``x`` as layer ``layer``'s attention reads it (its LN1, without bias)."""
+        block = self.model.blocks[layer]
+        return _unbiased(getattr(block, "ln1", None), x)
+
+    def final_readout(self) -> tuple[bool, Float[torch.Tensor, " d_model"]]:
+        """The final normalisation's linear part: ``(centres, weight)``.
+
+        Found by probing the module, so it works for LayerNorm, RMSNorm, folded (``Pre``)
+        variants and none: it centres when it maps a constant vector to zero, and its weight
+        is read off an alternating vector that it leaves otherwise unchanged.
+        """
+        if "final" not in self._memo:
+            d = self.info.d_model
+            module = getattr(self.model, "ln_final", None)
+            if module is None:
+                self._memo["final"] = (False, torch.ones(d, device=self.device))
+            else:
+                with torch.no_grad():
+                    ones = torch.ones(1, d, device=self.device)
+                    centres = bool(_unbiased(module, ones).abs().max() < 1e-3)
+                    v = torch.ones(d, device=self.device)
+                    v[1::2] = -1.0
+                    if centres:
+                        v = v - v.mean()
+                    out = _unbiased(module, v[None])[0]
+                    weight = out / (v / v.pow(2).mean().sqrt())
+                self._memo["final"] = (centres, weight)
+        return self._memo["final"]
+
+    def _readout(self, cols: slice | Int[torch.Tensor, " c"]) -> Float[torch.Tensor, "d_model c"]:
+        """``diag(w) @ W_U[:, cols]``, centred over ``d_model`` when the final norm centres."""
+        centres, weight = self.final_readout()
+        w_u = self.model.W_U.detach()[:, cols].float().to(self.device)
+        if centres:  # C @ diag(w) @ W_U with C = I - 11^T/d: centre the rows of diag(w) W_U
+            w_u = weight[:, None] * w_u
+            return w_u - w_u.mean(0, keepdim=True)
+        return weight[:, None] * w_u
+
+    # -- OV ---------------------------------------------------------------------------------
+    def ov_values(self, layer: int, x: Float[torch.Tensor, "n d_model"]) -> Float[torch.Tensor, "head n d_head"]:
+        w_v = head_weights(self.model, "V", layer).float().to(self.device)
+        return torch.einsum("nd,hde->hne", self.layer_input(layer, x), w_v)
+
+    def ov_logits(
+        self, layer: int, x: Float[torch.Tensor, "n d_model"], cols: Int[torch.Tensor, " c"]
+    ) -> Float[torch.Tensor, "head n c"]:
+        """The direct logit effect on output tokens ``cols`` of each head attending to ``x``."""
+        w_o = head_weights(self.model, "O", layer).float().to(self.device)
+        return self.ov_values(layer, x) @ (w_o @ self._readout(cols.to(self.device)))
+
+    def ov_ranks(self, n_tokens: int, seed: int, variant: EmbeddingVariant) -> OVRanks:
+        """Rank of each sampled token's own logit in its OV row over the whole vocabulary.
+
+        The vocabulary is processed in column blocks of at most ``chunk_bytes`` of logits, and
+        each block goes through the ``d_head``-wide factor ``(W_O readout)``, so neither a
+        ``vocab x vocab`` nor a ``tokens x vocab x heads`` matrix is ever formed.
+        """
+        key = ("ov_ranks", n_tokens, seed, variant)
+        if key in self._memo:
+            return self._memo[key]
+        info = self.info
+        ids = self.sample(n_tokens, seed)
+        x = self.embedding(ids, variant)
+        n, n_out, h = len(ids), self.n_outputs, info.n_heads
+        below = torch.zeros(info.n_layers, h, n, dtype=torch.long)
+        above = torch.zeros(info.n_layers, h, n, dtype=torch.long)
+        chunk = max(1, min(n_out, self.chunk_bytes // (4 * h * max(n, info.d_head))))
+        col_norm = max(float(self._readout(slice(s, s + chunk)).norm(dim=0).max()) for s in range(0, n_out, chunk))
+        ids_dev = ids.to(self.device)
+        show = self.progress if self.progress is not None else info.n_layers * n_out > 2_000_000
+        with torch.no_grad():
+            for layer in tqdm(range(info.n_layers), desc="headzoo OV circuits", unit="layer", disable=not show, leave=False):
+                v = self.ov_values(layer, x)  # [head, n, d_head]
+                w_o = head_weights(self.model, "O", layer).float().to(self.device)  # [head, d_head, d_model]
+                own = torch.einsum("hne,hne->hn", v, (w_o @ self._readout(ids_dev)).transpose(1, 2))
+                out_norm = (v @ w_o).norm(dim=-1)  # [head, n]
+                tol = (_TIE * col_norm) * out_norm
+                lo_count = torch.zeros(h, n, dtype=torch.long, device=self.device)
+                hi_count = torch.zeros(h, n, dtype=torch.long, device=self.device)
+                for start in range(0, n_out, chunk):
+                    cols = slice(start, min(start + chunk, n_out))
+                    logits = v @ (w_o @ self._readout(cols))  # [head, n, c]
+                    lo_count += (logits <= (own + tol)[..., None]).sum(-1)
+                    hi_count += (logits >= (own - tol)[..., None]).sum(-1)
+                    del logits
+                # the own column always lands inside its own tie band: do not count it
+                below[layer] = (lo_count - 1).clamp_min(0).cpu()
+                above[layer] = (hi_count - 1).clamp_min(0).cpu()
+        ranks = OVRanks(below=below, above=above, n_outputs=n_out)
+        self._memo[key] = ranks
+        return ranks
+
+    # -- QK ---------------------------------------------------------------------------------
+    def qk_ranks(
+        self, n_tokens: int, seed: int, variant: EmbeddingVariant, query: str
+    ) -> Int[torch.Tensor, "layer head n"]:
+        """For each sampled token ``i``: how many other sampled keys score at least as high as
+        key ``i`` for the query made from token ``i`` (0 = it attends to its own token first).
+
+        ``query="unembed"``: the query is token ``i``'s unembedding ``W_U[:, i]`` (a predicted
+        token, copy suppression). ``query="embed"``: its effective embedding (the baseline).
+        Keys are the effective embeddings of the same sample.
+        """
+        key = ("qk_ranks", n_tokens, seed, variant, query)
+        if key in self._memo:
+            return self._memo[key]
+        info = self.info
+        ids = self.sample(n_tokens, seed)
+        keys_x = self.embedding(ids, variant)
+        if query == "unembed":
+            q_x = self.model.W_U.detach()[:, ids.to(self.model.W_U.device)].T.float().to(self.device)
+        elif query == "embed":
+            q_x = keys_x
+        else:
+            raise InvalidOptionError(f"query must be 'unembed' or 'embed'; got {query!r}")
+        out = torch.zeros(info.n_layers, info.n_heads, len(ids), dtype=torch.long)
+        with torch.no_grad():
+            for layer in range(info.n_layers):
+                w_q = head_weights(self.model, "Q", layer).float().to(self.device)
+                w_k = head_weights(self.model, "K", layer).float().to(self.device)
+                q = torch.einsum("nd,hde->hne", self.layer_input(layer, q_x), w_q)
+                k = torch.einsum("nd,hde->hne", self.layer_input(layer, keys_x), w_k)
+                scores = q @ k.transpose(1, 2)  # [head, n, n]: n is the sample, not the vocabulary
+                own = scores.diagonal(dim1=1, dim2=2)
+                tol = _TIE * q.norm(dim=-1) * k.norm(dim=-1).amax(-1, keepdim=True)
+                out[layer] = ((scores >= (own - tol)[..., None]).sum(-1) - 1).clamp_min(0).cpu()
+        self._memo[key] = out
+        return out

@@ -20,7 +20,7 @@ from jaxtyping import Bool, Float, Int
 
 from headzoo._errors import InvalidOptionError
 
-__all__ = ["Detector", "PatternDetector", "PositionalDetector", "Measure", "Metrics"]
+__all__ = ["Detector", "PatternDetector", "PositionalDetector", "WeightDetector", "DetectorOutput", "Measure", "Metrics"]
 
 Measure = Literal["match", "transformer_lens"]
 
@@ -76,12 +76,37 @@ class Detector(abc.ABC):
         """Extra per-head metrics computed from the weights (none by default)."""
         return {}
 
-    def compute(self, model: Any, *, progress: bool = False) -> dict[str, Float[torch.Tensor, "layer head"]]:
+    def compute(self, model: Any, *, progress: bool | None = None, circuits: Any = None) -> DetectorOutput:
         """Score every head without the shared pattern pass (for non-pattern detectors).
 
-        Returns ``{metric: [layer, head]}`` with at least ``"score"``; NaN marks a head not scored.
+        Args:
+            circuits: the :class:`~headzoo._circuits.WeightCircuits` workspace that every weight
+                detector of one ``hz.detect`` call shares (a fresh one when ``None``).
+
+        Returns:
+            :class:`DetectorOutput` with ``metrics["score"]`` at least; NaN marks a head not scored.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorOutput:
+    """What a non-pattern detector's :meth:`Detector.compute` returns.
+
+    Attributes:
+        metrics: ``{metric: [layer, head]}``, ``"score"`` required; NaN = head not scored.
+        meta: extra metadata for the result (sample sizes, skipped tasks, ...), JSON-ready.
+        details: an optional tidy frame with ``layer`` and ``head`` columns (for example a
+            per-task accuracy), available as ``HeadScores.details(name)``.
+    """
+
+    metrics: dict[str, Float[torch.Tensor, "layer head"]]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    details: Any = None
+
+    def __post_init__(self) -> None:
+        if "score" not in self.metrics:
+            raise ValueError(f"DetectorOutput needs a 'score' metric; got {sorted(self.metrics)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +192,31 @@ class PositionalDetector(PatternDetector):
     def match(self, tokens: Int[torch.Tensor, "batch pos"]) -> Bool[torch.Tensor, "batch query key"]:
         batch, seq = tokens.shape
         return self.mask(seq, tokens.device).expand(batch, seq, seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightDetector(Detector):
+    """A detector scored from the weights alone (no forward pass over a probe).
+
+    Subclasses implement :meth:`Detector.compute`; the workspace it receives shares the token
+    sample, the effective embedding and vocabulary passes with every other weight detector of
+    the same ``hz.detect`` call.
+
+    Options:
+        n_tokens: source tokens sampled from the vocabulary (all of it when smaller).
+        seed: seeds the sample.
+        embedding: effective-embedding variant, see :func:`hz.effective_embedding`.
+    """
+
+    n_tokens: int = 512
+    seed: int = 0
+    embedding: Literal["mlp0", "attn_mlp0", "embed"] = "mlp0"
+
+    kind = "weights"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.n_tokens, int) or isinstance(self.n_tokens, bool) or self.n_tokens < 2:
+            raise InvalidOptionError(f"{self.name}: n_tokens must be an integer >= 2; got {self.n_tokens!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InvalidOptionError(f"{self.name}: seed must be an integer; got {self.seed!r}")

@@ -15,6 +15,7 @@ __all__ = [
     "MissingHooksError",
     "UnsupportedModelError",
     "ModelNotFoundError",
+    "DetectorNotApplicableError",
 ]
 
 
@@ -73,3 +74,7 @@ class UnsupportedModelError(HeadzooError, TypeError):
 
 class ModelNotFoundError(HeadzooError, LookupError):
     """A model name that is neither bundled nor loadable from the hub or a local path."""
+
+
+class DetectorNotApplicableError(HeadzooError, ValueError):
+    """A detector that cannot score this model (e.g. no ordinal task its tokenizer expresses)."""

@@ -53,9 +53,9 @@ class HeadScores:
     metrics a detector reports (NaN for detectors that do not report them).
     """
 
-    __slots__ = ("_frame", "_meta")
+    __slots__ = ("_frame", "_meta", "_details")
 
-    def __init__(self, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
+    def __init__(self, frame: pd.DataFrame, meta: dict[str, Any], details: dict[str, pd.DataFrame] | None = None) -> None:
         missing = [c for c in _BASE if c not in frame.columns]
         if missing:
             raise ValueError(f"HeadScores needs columns {_BASE}; missing {missing}")
@@ -68,6 +68,14 @@ class HeadScores:
                 frame[col] = frame[col].astype("float64")
         self._frame = frame
         self._meta = _normalise(meta)
+        self._details: dict[str, pd.DataFrame] = {}
+        for name, table in (details or {}).items():
+            if not isinstance(table, pd.DataFrame) or not {"layer", "head"} <= set(table.columns):
+                raise ValueError(f"details of {name!r} must be a DataFrame with layer and head columns")
+            table = table.reset_index(drop=True).copy()
+            table["layer"] = table["layer"].astype("int64")
+            table["head"] = table["head"].astype("int64")
+            self._details[str(name)] = table
 
     # -- access ---------------------------------------------------------------------------
     @property
@@ -89,6 +97,17 @@ class HeadScores:
     def to_frame(self) -> pd.DataFrame:
         """Tidy copy: one row per scored (detector, layer, head)."""
         return self._frame.copy()
+
+    def details(self, detector: str) -> pd.DataFrame:
+        """A detector's tidy per-head breakdown (e.g. ``successor``: accuracy per task).
+
+        Raises:
+            KeyError: the detector reports no details (the message lists those that do).
+        """
+        self._check(detector)
+        if detector not in self._details:
+            raise KeyError(f"{detector} reports no details; detectors with details: {sorted(self._details)}")
+        return self._details[detector].copy()
 
     def _check(self, detector: str) -> pd.DataFrame:
         if detector not in self.detectors:
@@ -219,6 +238,10 @@ class HeadScores:
         path = Path(path)
         table = pa.Table.from_pandas(self._frame, preserve_index=False)
         extra = {b"headzoo": json.dumps(self._meta).encode()}
+        for name, details in self._details.items():  # each breakdown as an embedded Parquet table
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pandas(details, preserve_index=False), sink)
+            extra[f"headzoo_details/{name}".encode()] = sink.getvalue().to_pybytes()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
         _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
         return path
@@ -232,4 +255,12 @@ class HeadScores:
         raw = (table.schema.metadata or {}).get(b"headzoo")
         if raw is None:
             raise ValueError(f"{path} is not a headzoo HeadScores file (no headzoo metadata)")
-        return cls(table.to_pandas(), json.loads(raw))
+        import pyarrow as pa
+
+        details = {
+            key.decode().removeprefix("headzoo_details/"): pq.read_table(pa.BufferReader(value)).to_pandas()
+            for key, value in (table.schema.metadata or {}).items()
+            if key.startswith(b"headzoo_details/")
+        }
+        table = table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items() if not k.startswith(b"headzoo_details/")})
+        return cls(table.to_pandas(), json.loads(raw), details=details)

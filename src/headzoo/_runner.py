@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,8 +22,15 @@ import torch
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from headzoo._detector import Detector, PatternDetector
-from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError, UnsupportedModelError
+from headzoo._circuits import WeightCircuits
+from headzoo._detector import Detector, DetectorOutput, PatternDetector
+from headzoo._errors import (
+    DetectorNotApplicableError,
+    InvalidOptionError,
+    InvalidTokensError,
+    MissingHooksError,
+    UnsupportedModelError,
+)
 from headzoo._models import ModelInfo, library_versions, model_info, pattern_hook
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import detector_class, registered_names
@@ -65,6 +73,7 @@ def detect(
         :class:`HeadScores` with one row per (detector, layer, head).
     """
     info = model_info(model)
+    explicit = detectors is not None
     selected = _select(detectors, options)
     probe = RepeatedTokens(**{k: v for k, v in options.items() if k in _PROBE_OPTIONS})
     progress = options.get("progress")
@@ -81,20 +90,47 @@ def detect(
         metrics.update(_score_patterns(model, info, patterned, batches, source, progress))
     else:
         source = {"kind": "weights"}
-    for det in selected:
+    circuits: WeightCircuits | None = None
+    results: dict[str, dict[str, Any]] = {}
+    details: dict[str, pd.DataFrame] = {}
+    skipped: dict[str, str] = {}
+    for det in list(selected):
         if not isinstance(det, PatternDetector):
-            metrics[det.name] = dict(det.compute(model, progress=bool(progress)))
+            if circuits is None:
+                circuits = WeightCircuits(model, progress=progress)
+            try:
+                output = det.compute(model, progress=progress, circuits=circuits)
+            except DetectorNotApplicableError as exc:
+                if explicit:
+                    raise
+                # Running every registered detector: one that cannot apply to this model is
+                # reported in the metadata (and warned about), not allowed to sink the rest.
+                warnings.warn(f"headzoo skipped a detector. {exc}", stacklevel=2)
+                skipped[det.name] = str(exc)
+                selected.remove(det)
+                continue
+            if not isinstance(output, DetectorOutput):
+                raise TypeError(f"{type(det).__name__}.compute must return hz.DetectorOutput; got {type(output).__name__}")
+            metrics[det.name] = dict(output.metrics)
+            if output.meta:
+                results[det.name] = output.meta
+            if output.details is not None:
+                details[det.name] = output.details
         metrics[det.name].update(det.weight_scores(model))
+    if not selected:
+        raise DetectorNotApplicableError(f"no selected detector applies to this model: {skipped}")
     meta = {
         "format": "headzoo.HeadScores/1",
         "model": info.config_dict(),
         "model_config_hash": info.config_hash(),
         "versions": library_versions(),
-        "detectors": {d.name: d.metadata() for d in selected},
+        "detectors": {d.name: {**d.metadata(), **({"result": results[d.name]} if d.name in results else {})} for d in selected},
         "probe": source,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return HeadScores(_to_frame(metrics, selected), meta)
+    if skipped:
+        meta["skipped_detectors"] = skipped
+    return HeadScores(_to_frame(metrics, selected), meta, details=details)
 
 
 def _select(detectors: Any, options: dict[str, Any]) -> list[Detector]:

@@ -24,21 +24,41 @@ class _ZooEntry:
     build: Callable[..., Any]
 
 
-def _planted_demo(backend: Backend, device: Any, dtype: Any) -> Any:
-    from headzoo.testing import PlantSpec, planted_model
+def _demo_words() -> tuple[list[str], tuple[tuple[int, ...], ...]]:
+    """The demo vocabulary (256 words) and the id sequences its successor head advances."""
+    from headzoo._ordinal import ORDINAL_LISTS
 
+    chained = ["days", "months", "number_words", "ordinals", "letters"]
+    words: list[str] = []
+    for name in chained:
+        words += [w for w in ORDINAL_LISTS[name][0] if w not in words]
+    words += [f"tok{i}" for i in range(256 - len(words))]
+    first = 2  # ids 0 and 1 are <bos> and <unk>
+    seqs = tuple(tuple(first + words.index(w) for w in ORDINAL_LISTS[name][0]) for name in chained)
+    return words, seqs
+
+
+def _planted_demo(backend: Backend, device: Any, dtype: Any) -> Any:
+    from headzoo.testing import PlantSpec, planted_model, word_tokenizer
+
+    words, seqs = _demo_words()
     spec = PlantSpec(
         n_layers=3, n_heads=4, d_head=32, d_vocab=258, n_ctx=128,
-        previous_token=(0, 2), duplicate_token=(1, 1), induction=(2, 3), seed=2026,
+        previous_token=(0, 2), duplicate_token=(1, 1), induction=(2, 3),
+        successor=(1, 3), copy_suppression=(2, 0), successor_sequences=seqs, seed=2026,
     )
-    return planted_model(spec, backend=backend, tokenizer=True, device=device, dtype=dtype, name="planted-demo")
+    return planted_model(
+        spec, backend=backend, tokenizer=word_tokenizer(words), device=device, dtype=dtype, name="planted-demo"
+    )
 
 
 _ZOO: dict[str, _ZooEntry] = {
     "planted-demo": _ZooEntry(
         "planted-demo",
         "3 layers x 4 heads, weights constructed by hand: previous-token L0H2, duplicate-token "
-        "L1H1, induction L2H3 (K-composition with L0H2); word tokenizer of 256 words.",
+        "L1H1, induction L2H3 (K-composition with L0H2, a copying OV circuit), successor L1H3 "
+        "(days, months, number words, ordinals, letters), copy-suppression L2H0; word tokenizer of 256 words "
+        "(ordinal words, letters, tok0...).",
         _planted_demo,
     ),
 }

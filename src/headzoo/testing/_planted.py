@@ -14,6 +14,14 @@ heads around them can have any attention pattern without breaking the planted ci
   (K-composition); it copies the attended token code into ``OUT`` (a copying OV circuit).
 - duplicate-token head: query and key are token codes, minus a position-code term that stops
   a token from matching itself; it writes into ``SCRATCH``.
+- copying head: its OV circuit copies the token code into ``OUT``, which the unembedding reads
+  with the same codes, so the attended token's own logit rises most.
+- successor head: the tokens of each successor sequence get chained codes,
+  ``code(s[i+1]) = code(s[i]) @ R`` for one random rotation ``R``, and the head's OV circuit is
+  ``R`` (token code in, ``OUT`` out): attending to ``s[i]`` raises the logit of ``s[i+1]``.
+- copy-suppression head: its query reads ``OUT`` (the unembedding of what earlier heads
+  predict), its key the token code, so it attends to the predicted token; its OV circuit is
+  minus the copying circuit, lowering that token's logit.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ __all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placement
 
 Head = tuple[int, int]
 
+_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression")
+
 
 @dataclass(frozen=True)
 class PlantSpec:
@@ -38,9 +48,11 @@ class PlantSpec:
     Attributes:
         n_layers, n_heads, d_head, d_vocab, n_ctx: the architecture. ``d_model`` follows as
             ``5 * (d_head // 2)``.
-        previous_token, induction, duplicate_token: ``(layer, head)`` of each planted head, or
-            ``None`` to leave it out. The induction head needs a previous-token head in an
-            earlier layer.
+        previous_token, induction, duplicate_token, copying, successor, copy_suppression:
+            ``(layer, head)`` of each planted head, or ``None`` to leave it out. The induction
+            head needs a previous-token head in an earlier layer.
+        successor_sequences: token-id sequences the successor head advances along (ids must be
+            distinct across sequences). ``None``: one sequence ``2, 3, ..., 11`` (shorter in tiny vocabularies).
         seed: seeds every random weight and code.
         gain: attention logit margin of the planted heads (larger = sharper patterns).
         noise: scale of the random heads' query/key weights (their patterns' sharpness).
@@ -55,6 +67,10 @@ class PlantSpec:
     previous_token: Head | None = (0, 0)
     induction: Head | None = (1, 0)
     duplicate_token: Head | None = None
+    copying: Head | None = None
+    successor: Head | None = None
+    copy_suppression: Head | None = None
+    successor_sequences: tuple[tuple[int, ...], ...] | None = None
     seed: int = 0
     gain: float = 30.0
     noise: float = 1.0
@@ -68,7 +84,7 @@ class PlantSpec:
             raise ValueError("need n_layers >= 1, n_heads >= 1, n_ctx >= 4 and d_vocab >= 2")
         planted = {
             name: getattr(self, name)
-            for name in ("previous_token", "induction", "duplicate_token")
+            for name in _ROLES
             if getattr(self, name) is not None
         }
         for name, (layer, head) in planted.items():
@@ -90,7 +106,22 @@ class PlantSpec:
                     "must sit in an earlier layer; got previous_token="
                     f"{self.previous_token}, induction={self.induction}"
                 )
+        if self.successor_sequences is not None:
+            seqs = tuple(tuple(int(t) for t in seq) for seq in self.successor_sequences)
+            flat = [t for seq in seqs for t in seq]
+            if any(len(seq) < 2 for seq in seqs) or len(set(flat)) != len(flat):
+                raise ValueError("successor_sequences need >= 2 ids each, all distinct across sequences")
+            if flat and not all(0 <= t < self.d_vocab for t in flat):
+                raise ValueError(f"successor_sequences hold ids outside [0, {self.d_vocab - 1}]")
+            object.__setattr__(self, "successor_sequences", seqs)
         object.__setattr__(self, "_planted", planted)
+
+    @property
+    def sequences(self) -> tuple[tuple[int, ...], ...]:
+        """The successor sequences in use (the default when none were given)."""
+        if self.successor_sequences is not None:
+            return self.successor_sequences
+        return (tuple(range(min(2, self.d_vocab - 2), min(self.d_vocab, 12))),)
 
     @property
     def planted(self) -> dict[str, Head]:
@@ -131,6 +162,30 @@ def _token_codes(n: int, c: int, g: torch.Generator) -> torch.Tensor:
     return codes / codes.norm(dim=1, keepdim=True)
 
 
+def _respread(codes: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+    """Spread the codes not marked ``frozen`` away from all the others (same loss as above)."""
+    n = codes.shape[0]
+    if n > 4096:
+        return codes
+    free = codes[~frozen].clone().requires_grad_(True)
+    fixed = codes[frozen]
+    opt = torch.optim.Adam([free], lr=0.02)
+    eye = torch.eye(n)
+    with torch.enable_grad():
+        for _ in range(300):
+            full = torch.empty_like(codes)
+            full[frozen] = fixed
+            full[~frozen] = free
+            unit = full / full.norm(dim=1, keepdim=True)
+            loss = torch.logsumexp(20 * ((unit @ unit.T) - eye).abs().flatten(), 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    out = codes.clone()
+    out[~frozen] = free.detach() / free.detach().norm(dim=1, keepdim=True)
+    return out
+
+
 def _position_codes(n_ctx: int, c: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit sinusoidal codes ``[n_ctx, c]`` and the rotation ``R`` with ``P[i] @ R = P[i-1]``."""
     best, best_w = math.inf, None
@@ -162,6 +217,25 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
     eye = torch.eye(c)
     codes = _token_codes(v, c, g)
     pcodes, rot = _position_codes(spec.n_ctx, c, g)
+    succ_rot = None
+    if spec.successor is not None:
+        # Chain the sequences' codes along one sinusoidal track (the position-code trick, in a
+        # random basis): advancing one step is a fixed rotation, and codes at every distance
+        # along the track overlap little, so the other planted heads still tell them apart.
+        g_succ = torch.Generator().manual_seed(spec.seed + 104729)  # own stream: other weights unchanged
+        gap = 5
+        track_len = sum(len(seq) + gap for seq in spec.sequences)
+        track, back = _position_codes(track_len, c, g_succ)  # track[i] @ back = track[i - 1]
+        basis = torch.linalg.qr(torch.randn(c, c, generator=g_succ))[0]
+        succ_rot = basis.T @ back.T @ basis  # (track[i] @ basis) @ succ_rot = track[i + 1] @ basis
+        at = 0
+        chained = torch.zeros(v, dtype=torch.bool)
+        for seq in spec.sequences:
+            codes[list(seq)] = track[at : at + len(seq)] @ basis
+            chained[list(seq)] = True
+            at += len(seq) + gap
+        if v > c:  # move the other tokens' codes away from the chained ones
+            codes = _respread(codes, chained)
     sd: dict[str, torch.Tensor] = {}
     w_e = torch.zeros(v, d)
     w_e[:, tok] = codes
@@ -200,6 +274,18 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 w_q[head, pos, c:] = -0.75 * q_scale * eye  # a token must not match itself
                 w_k[head, pos, c:] = eye
                 w_o[head, :c, scratch] = eye
+            elif role == "copying":  # attends to its own position, copies the token
+                w_q[head, pos, :c] = q_scale * eye
+                w_k[head, pos, :c] = eye
+                w_o[head, :c, out] = eye
+            elif role == "successor":  # attends to its own position, writes the successor
+                w_q[head, pos, :c] = q_scale * eye
+                w_k[head, pos, :c] = eye
+                w_o[head, :c, out] = succ_rot
+            elif role == "copy_suppression":  # attends to the predicted token, suppresses it
+                w_q[head, out, :c] = q_scale * eye
+                w_k[head, tok, :c] = eye
+                w_o[head, :c, out] = -eye
         p = f"blocks.{layer}."
         sd.update({
             p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
@@ -258,17 +344,34 @@ def planted_model(
 
 
 def random_placements(
-    n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True
+    n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False
 ) -> dict[str, Head]:
-    """Random distinct head placements with the previous-token head below the induction head."""
+    """Random distinct head placements with the previous-token head below the induction head.
+
+    Args:
+        duplicate_token: also place a duplicate-token head (needs ``d_head >= 32``).
+        weights: also place the heads that weight-based detectors find: ``copying``,
+            ``successor`` and ``copy_suppression``. The copy-suppression head goes no later
+            than the induction and copying heads: after them it would attend to what they
+            predict, which on a repeated-token probe is exactly an induction (or
+            duplicate-token) stripe, as a real copy-suppression head does.
+    """
     if n_layers < 2:
         raise ValueError("placements with an induction head need at least 2 layers")
     g = torch.Generator().manual_seed(seed)
     pick = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
     prev_layer = pick(0, n_layers - 1)
     out = {"previous_token": (prev_layer, pick(0, n_heads)), "induction": (pick(prev_layer + 1, n_layers), pick(0, n_heads))}
-    if duplicate_token:
+    extra = (["duplicate_token"] if duplicate_token else []) + (["copy_suppression", "copying", "successor"] if weights else [])
+    for role in extra:
+        lo, hi = 0, n_layers
+        if role == "copy_suppression":
+            hi = out["induction"][0] + 1
+        elif role == "copying":
+            lo = out["copy_suppression"][0]
         taken = set(out.values())
-        free = [(l, hh) for l in range(n_layers) for hh in range(n_heads) if (l, hh) not in taken]
-        out["duplicate_token"] = free[pick(0, len(free))]
+        free = [(l, hh) for l in range(lo, hi) for hh in range(n_heads) if (l, hh) not in taken]
+        if not free:
+            raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {['previous_token', 'induction', *extra]}")
+        out[role] = free[pick(0, len(free))]
     return out
