@@ -61,7 +61,7 @@ def to_bridge_state_dict(
             out["unembed.weight"] = value.T.contiguous()
         elif key == "unembed.b_U":
             out["unembed.bias"] = value
-        elif key.endswith((".w", ".b")) and ".ln" in key:
+        elif key.endswith((".w", ".b")) and (".ln" in key or key.startswith("ln_final.")):
             out[key[:-2] + (".weight" if key.endswith(".w") else ".bias")] = value
         elif ".attn." in key:
             prefix, name = key.rsplit(".", 1)

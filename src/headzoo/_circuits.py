@@ -31,8 +31,9 @@ from headzoo._models import ModelInfo, head_weights, model_info
 
 __all__ = ["ov_copying_ratio", "WeightCircuits", "OVRanks"]
 
-#: ties: two logits closer than this fraction of the largest possible logit count as equal
-_TIE = 1e-5
+#: ties: two logits closer than this fraction of the largest possible logit (a bound, by
+#: Cauchy-Schwarz) count as equal; well above float32 rounding, far below real differences
+_TIE = 1e-6
 
 
 def ov_copying_ratio(model: Any) -> Float[torch.Tensor, "layer head"]:
@@ -109,10 +110,11 @@ class WeightCircuits:
     Args:
         model: any TransformerLens model.
         progress: show a progress bar on the vocabulary pass (``None``: only for large models).
-        chunk_bytes: memory budget of one block of logits in the vocabulary pass.
+        chunk_bytes: memory budget of one block of logits in the vocabulary pass (blocks that
+            fit in cache are counted fastest).
     """
 
-    def __init__(self, model: Any, *, progress: bool | None = None, chunk_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, model: Any, *, progress: bool | None = None, chunk_bytes: int = 24 * 2**20) -> None:
         for name in ("W_U", "W_V", "W_O", "W_Q", "W_K"):
             if getattr(model, name, None) is None:
                 raise UnsupportedModelError(
@@ -228,9 +230,10 @@ class WeightCircuits:
     def ov_ranks(self, n_tokens: int, seed: int, variant: EmbeddingVariant) -> OVRanks:
         """Rank of each sampled token's own logit in its OV row over the whole vocabulary.
 
-        The vocabulary is processed in column blocks of at most ``chunk_bytes`` of logits, and
-        each block goes through the ``d_head``-wide factor ``(W_O readout)``, so neither a
-        ``vocab x vocab`` nor a ``tokens x vocab x heads`` matrix is ever formed.
+        The vocabulary is processed in column blocks of at most ``chunk_bytes`` of logits (small
+        enough to stay in cache while they are counted), each block going through the
+        ``d_head``-wide factor ``W_O @ readout`` (one GEMM per layer and block), so neither a
+        ``vocab x vocab`` nor a ``tokens x vocab x d_model`` array is ever formed.
         """
         key = ("ov_ranks", n_tokens, seed, variant)
         if key in self._memo:
@@ -238,31 +241,36 @@ class WeightCircuits:
         info = self.info
         ids = self.sample(n_tokens, seed)
         x = self.embedding(ids, variant)
-        n, n_out, h = len(ids), self.n_outputs, info.n_heads
+        n, n_out, h, dh = len(ids), self.n_outputs, info.n_heads, info.d_head
         below = torch.zeros(info.n_layers, h, n, dtype=torch.long)
         above = torch.zeros(info.n_layers, h, n, dtype=torch.long)
-        chunk = max(1, min(n_out, self.chunk_bytes // (4 * h * max(n, info.d_head))))
-        col_norm = max(float(self._readout(slice(s, s + chunk)).norm(dim=0).max()) for s in range(0, n_out, chunk))
-        ids_dev = ids.to(self.device)
+        chunk = max(1, min(n_out, self.chunk_bytes // (4 * h * max(n, dh))))
+        blocks = [slice(s, min(s + chunk, n_out)) for s in range(0, n_out, chunk)]
+        col_norm = max(float(self._readout(b).norm(dim=0).max()) for b in blocks)
         show = self.progress if self.progress is not None else info.n_layers * n_out > 2_000_000
         with torch.no_grad():
+            ids_dev = ids.to(self.device)
+            own_cols = self._readout(ids_dev)  # [d_model, n]
             for layer in tqdm(range(info.n_layers), desc="headzoo OV circuits", unit="layer", disable=not show, leave=False):
                 v = self.ov_values(layer, x)  # [head, n, d_head]
                 w_o = head_weights(self.model, "O", layer).float().to(self.device)  # [head, d_head, d_model]
-                own = torch.einsum("hne,hne->hn", v, (w_o @ self._readout(ids_dev)).transpose(1, 2))
-                out_norm = (v @ w_o).norm(dim=-1)  # [head, n]
-                tol = (_TIE * col_norm) * out_norm
-                lo_count = torch.zeros(h, n, dtype=torch.long, device=self.device)
-                hi_count = torch.zeros(h, n, dtype=torch.long, device=self.device)
-                for start in range(0, n_out, chunk):
-                    cols = slice(start, min(start + chunk, n_out))
-                    logits = v @ (w_o @ self._readout(cols))  # [head, n, c]
-                    lo_count += (logits <= (own + tol)[..., None]).sum(-1)
-                    hi_count += (logits >= (own - tol)[..., None]).sum(-1)
+                flat_o = w_o.reshape(h * dh, -1)
+                own = torch.einsum("hne,hen->hn", v, (flat_o @ own_cols).view(h, dh, n))
+                tol = (_TIE * col_norm) * (v @ w_o).norm(dim=-1)  # [head, n]
+                lo_bound, hi_bound = (own + tol)[..., None], (own - tol)[..., None]
+                lo_count = torch.zeros(h, n, dtype=torch.int32, device=self.device)
+                hi_count = torch.zeros(h, n, dtype=torch.int32, device=self.device)
+                for cols in blocks:
+                    logits = torch.bmm(v, (flat_o @ self._readout(cols)).view(h, dh, -1))  # [head, n, c]
+                    mine = (ids_dev >= cols.start) & (ids_dev < cols.stop)
+                    if mine.any():  # a token is not ranked against itself (NaN compares False)
+                        rows = mine.nonzero().squeeze(1)
+                        logits[:, rows, ids_dev[rows] - cols.start] = float("nan")
+                    lo_count += (logits <= lo_bound).sum(-1, dtype=torch.int32)
+                    hi_count += (logits >= hi_bound).sum(-1, dtype=torch.int32)
                     del logits
-                # the own column always lands inside its own tie band: do not count it
-                below[layer] = (lo_count - 1).clamp_min(0).cpu()
-                above[layer] = (hi_count - 1).clamp_min(0).cpu()
+                below[layer] = lo_count.long().cpu()
+                above[layer] = hi_count.long().cpu()
         ranks = OVRanks(below=below, above=above, n_outputs=n_out)
         self._memo[key] = ranks
         return ranks

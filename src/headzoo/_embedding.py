@@ -14,10 +14,11 @@ embeddings, grouped-query attention, attention-only models.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 
 from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError, UnsupportedModelError
 from headzoo._models import model_info
@@ -48,7 +49,7 @@ def _has_mlp0(model: Any) -> bool:
     return getattr(block, "mlp", None) is not None
 
 
-def embedding_metadata(model: Any, variant: EmbeddingVariant) -> dict[str, Any]:
+def embedding_metadata(model: Any, variant: EmbeddingVariant | str) -> dict[str, Any]:
     """What a result records about the effective embedding it used."""
     _check_variant(variant)
     has_mlp0 = _has_mlp0(model)
@@ -76,9 +77,9 @@ def _check_variant(variant: str) -> None:
 
 def effective_embedding(
     model: Any,
-    tokens: Int[torch.Tensor, " n"] | list[int] | None = None,
+    tokens: torch.Tensor | Sequence[int] | None = None,
     *,
-    variant: EmbeddingVariant = "mlp0",
+    variant: EmbeddingVariant | str = "mlp0",
     batch_size: int = 4096,
 ) -> Float[torch.Tensor, "n d_model"]:
     """The effective embedding of ``tokens`` (all of the vocabulary when ``None``).
