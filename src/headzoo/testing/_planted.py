@@ -362,7 +362,9 @@ def random_placements(
     pick = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
     prev_layer = pick(0, n_layers - 1)
     out = {"previous_token": (prev_layer, pick(0, n_heads)), "induction": (pick(prev_layer + 1, n_layers), pick(0, n_heads))}
-    extra = (["duplicate_token"] if duplicate_token else []) + (["copy_suppression", "copying", "successor"] if weights else [])
+    # the constrained roles first, so small models still have room for them
+    extra = (["copy_suppression", "copying"] if weights else []) + (["duplicate_token"] if duplicate_token else []) + (
+        ["successor"] if weights else [])
     for role in extra:
         lo, hi = 0, n_layers
         if role == "copy_suppression":
