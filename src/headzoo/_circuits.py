@@ -176,6 +176,7 @@ class WeightCircuits:
         return self._memo[key]
 
     # -- normalisation ----------------------------------------------------------------------
+    @torch.no_grad()
     def layer_input(self, layer: int, x: Float[torch.Tensor, "n d_model"]) -> Float[torch.Tensor, "n d_model"]:
         """``x`` as layer ``layer``'s attention reads it (its LN1, without bias)."""
         block = self.model.blocks[layer]
@@ -216,10 +217,12 @@ class WeightCircuits:
         return weight[:, None] * w_u
 
     # -- OV ---------------------------------------------------------------------------------
+    @torch.no_grad()
     def ov_values(self, layer: int, x: Float[torch.Tensor, "n d_model"]) -> Float[torch.Tensor, "head n d_head"]:
         w_v = head_weights(self.model, "V", layer).float().to(self.device)
         return torch.einsum("nd,hde->hne", self.layer_input(layer, x), w_v)
 
+    @torch.no_grad()
     def ov_logits(
         self, layer: int, x: Float[torch.Tensor, "n d_model"], cols: Int[torch.Tensor, " c"]
     ) -> Float[torch.Tensor, "head n c"]:
