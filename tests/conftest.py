@@ -41,3 +41,23 @@ def demo_spec() -> PlantSpec:
 @pytest.fixture
 def demo_model(demo_spec: PlantSpec):
     return cached_planted(demo_spec, "bridge", True)
+
+
+@pytest.fixture
+def hf_gpt2(tmp_path, monkeypatch):
+    """A tiny random Hugging Face GPT-2 and a word tokenizer saved to disk: ``(hf_model, path)``.
+
+    Loading it goes through the hub code path (``boot_transformers``) with the hub offline.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from headzoo.testing import word_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)
+    word_tokenizer([f"w{i}" for i in range(62)]).save_pretrained(tmp_path)
+    return hf, tmp_path

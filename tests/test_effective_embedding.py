@@ -137,19 +137,10 @@ def test_bad_inputs_raise_typed_errors():
         hz.effective_embedding(model, [1], batch_size=0)
 
 
-def test_a_hugging_face_gpt2_block(tmp_path, monkeypatch):
+def test_a_hugging_face_gpt2_block(hf_gpt2):
     """boot_transformers wraps HF's own modules: the embedding must match HF's block 0."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(config).eval()
-    hf.save_pretrained(tmp_path)
-    from headzoo.testing import word_tokenizer
-
-    word_tokenizer([f"w{i}" for i in range(62)]).save_pretrained(tmp_path)
-    model = hz.load_model(str(tmp_path))
+    hf, path = hf_gpt2
+    model = hz.load_model(str(path))
     with torch.no_grad():
         w_e = hf.transformer.wte.weight
         block = hf.transformer.h[0]

@@ -28,20 +28,10 @@ def test_list_models_marks_the_default():
     assert table.loc[table["default"], "name"].tolist() == ["planted-demo"]
 
 
-def test_a_hugging_face_model_from_a_local_directory(tmp_path, monkeypatch):
+def test_a_hugging_face_model_from_a_local_directory(hf_gpt2):
     """The hub code path (boot_transformers) on a checkpoint and tokenizer saved by the test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from headzoo.testing import word_tokenizer
-
-    tokenizer = word_tokenizer([f"w{i}" for i in range(62)])
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(config).eval()
-    hf.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    model = hz.load_model(str(tmp_path))
+    hf, path = hf_gpt2
+    model = hz.load_model(str(path))
     ids = torch.tensor([[0, 5, 6, 7, 8]])
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max() < 1e-4

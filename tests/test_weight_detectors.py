@@ -276,19 +276,10 @@ def test_weight_detectors_work_on_a_grouped_query_model():
     assert len(frame) == 2 * 2 * 4 and frame["score"].between(0, 1).all()
 
 
-def test_a_hugging_face_gpt2_and_a_bfloat16_model(tmp_path, monkeypatch):
+def test_a_hugging_face_gpt2_and_a_bfloat16_model(hf_gpt2):
     """boot_transformers wraps HF's modules (LN1, final LN) and bf16 weights: both are read."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from headzoo.testing import word_tokenizer
-
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(config).eval()
-    hf.save_pretrained(tmp_path)
-    word_tokenizer([f"w{i}" for i in range(62)]).save_pretrained(tmp_path)
-    model = hz.load_model(str(tmp_path))
+    hf, path = hf_gpt2
+    model = hz.load_model(str(path))
     centres, weight = hz.WeightCircuits(model).final_readout()
     assert centres and torch.allclose(weight, hf.transformer.ln_f.weight.detach(), rtol=1e-4, atol=1e-5)
     frame = hz.detect(model, ["copy_suppression", "copying"], n_tokens=32).to_frame()

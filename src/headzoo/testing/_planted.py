@@ -147,43 +147,30 @@ def _token_codes(n: int, c: int, g: torch.Generator) -> torch.Tensor:
     if n <= c:
         return torch.linalg.qr(torch.randn(c, c, generator=g))[0][:n].contiguous()
     codes = torch.randn(n, c, generator=g)
-    if n <= 4096:  # spread them out: minimise a soft maximum of |cosine|
-        codes.requires_grad_(True)
-        opt = torch.optim.Adam([codes], lr=0.02)
+    return _spread(codes, torch.zeros(n, dtype=torch.bool))
+
+
+def _spread(codes: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
+    """Unit codes with the ones not ``frozen`` moved to minimise a soft maximum of |cosine|."""
+    n = codes.shape[0]
+    if n <= 4096:  # beyond that the n x n overlap matrix is too costly; random codes will do
+        free = codes[~frozen].clone().requires_grad_(True)
+        fixed = codes[frozen]
+        opt = torch.optim.Adam([free], lr=0.02)
         eye = torch.eye(n)
         with torch.enable_grad():
             for _ in range(300):
-                unit = codes / codes.norm(dim=1, keepdim=True)
+                full = torch.empty_like(codes)
+                full[frozen] = fixed
+                full[~frozen] = free
+                unit = full / full.norm(dim=1, keepdim=True)
                 loss = torch.logsumexp(20 * ((unit @ unit.T) - eye).abs().flatten(), 0)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        codes = codes.detach()
+        codes = codes.clone()
+        codes[~frozen] = free.detach()
     return codes / codes.norm(dim=1, keepdim=True)
-
-
-def _respread(codes: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
-    """Spread the codes not marked ``frozen`` away from all the others (same loss as above)."""
-    n = codes.shape[0]
-    if n > 4096:
-        return codes
-    free = codes[~frozen].clone().requires_grad_(True)
-    fixed = codes[frozen]
-    opt = torch.optim.Adam([free], lr=0.02)
-    eye = torch.eye(n)
-    with torch.enable_grad():
-        for _ in range(300):
-            full = torch.empty_like(codes)
-            full[frozen] = fixed
-            full[~frozen] = free
-            unit = full / full.norm(dim=1, keepdim=True)
-            loss = torch.logsumexp(20 * ((unit @ unit.T) - eye).abs().flatten(), 0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    out = codes.clone()
-    out[~frozen] = free.detach() / free.detach().norm(dim=1, keepdim=True)
-    return out
 
 
 def _position_codes(n_ctx: int, c: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +222,7 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
             chained[list(seq)] = True
             at += len(seq) + gap
         if v > c:  # move the other tokens' codes away from the chained ones
-            codes = _respread(codes, chained)
+            codes = _spread(codes, chained)
     sd: dict[str, torch.Tensor] = {}
     w_e = torch.zeros(v, d)
     w_e[:, tok] = codes
