@@ -59,7 +59,14 @@ class Successor(hz.WeightDetector):
         info = circuits.info
         skipped: dict[str, str] = {}
         if self.tasks is None:
-            tasks, skipped = hz.ordinal_tasks(getattr(model, "tokenizer", None), n_vocab=circuits.n_outputs)
+            tokenizer = getattr(model, "tokenizer", None)
+            tasks, skipped = hz.ordinal_tasks(tokenizer, n_vocab=circuits.n_outputs)
+            if tokenizer is None:
+                raise hz.DetectorNotApplicableError(
+                    "successor: the model has no tokenizer, so the built-in ordinal lists cannot be "
+                    "written in its tokens. Pass explicit sequences instead: "
+                    "hz.detect(model, 'successor', tasks=[[id1, id2, id3, ...], ...])."
+                )
             if not tasks:
                 raise hz.DetectorNotApplicableError(
                     "successor: none of the built-in ordinal lists can be written as single tokens "
