@@ -23,11 +23,6 @@ import torch
 import headzoo as hz
 
 
-def effective_k(k: int, n: int) -> int:
-    """``k``, shrunk for small candidate sets so a random head stays near 5% (``n // 20``)."""
-    return max(1, min(k, n // 20))
-
-
 @hz.register
 @dataclasses.dataclass(frozen=True)
 class CopySuppression(hz.WeightDetector):
@@ -62,8 +57,8 @@ class CopySuppression(hz.WeightDetector):
         ov_ranks = circuits.ov_ranks(self.n_tokens, self.seed, self.embedding)
         qk = circuits.qk_ranks(self.n_tokens, self.seed, self.embedding, "unembed")
         base = circuits.qk_ranks(self.n_tokens, self.seed, self.embedding, "embed")
-        k_ov = effective_k(self.k, ov_ranks.n_outputs)
-        k_qk = effective_k(self.k, qk.shape[-1])
+        k_ov = hz.rank_cutoff(self.k, ov_ranks.n_outputs)
+        k_qk = hz.rank_cutoff(self.k, qk.shape[-1])
         share = lambda hit: hit.double().mean(-1)  # noqa: E731
         ov = share(ov_ranks.below < k_ov)
         qk_score = share(qk < k_qk)

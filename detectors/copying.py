@@ -31,7 +31,7 @@ class _OVCopying(hz.WeightDetector):
         circuits = circuits if circuits is not None else hz.WeightCircuits(model, progress=progress)
         ranks = circuits.ov_ranks(self.n_tokens, self.seed, self.embedding)
         rank = ranks.above if self._direction == "above" else ranks.below
-        k = max(1, min(self.k, ranks.n_outputs // 20))
+        k = hz.rank_cutoff(self.k, ranks.n_outputs)
         metrics = {"score": (rank < k).double().mean(-1), "rank0": (rank == 0).double().mean(-1)}
         meta = {
             "k": k,

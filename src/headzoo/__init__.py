@@ -3,7 +3,7 @@
 ``import headzoo as hz``; see ``hz.detect``, ``hz.list_detectors`` and ``hz.load_model``.
 """
 
-from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio
+from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
 from headzoo._detector import (
     Detector,
     DetectorOutput,
@@ -54,6 +54,7 @@ __all__ = [
     "EMBEDDING_VARIANTS",
     "WeightCircuits",
     "OVRanks",
+    "rank_cutoff",
     "OrdinalTask",
     "ORDINAL_LISTS",
     "ordinal_tasks",

@@ -29,7 +29,7 @@ from headzoo._embedding import EmbeddingVariant, effective_embedding
 from headzoo._errors import InvalidOptionError, UnsupportedModelError
 from headzoo._models import ModelInfo, head_weights, model_info
 
-__all__ = ["ov_copying_ratio", "WeightCircuits", "OVRanks"]
+__all__ = ["ov_copying_ratio", "WeightCircuits", "OVRanks", "rank_cutoff"]
 
 #: ties: two logits closer than this fraction of the largest possible logit (a bound, by
 #: Cauchy-Schwarz) count as equal; well above float32 rounding, far below real differences
@@ -67,6 +67,12 @@ def ov_copying_ratio(model: Any) -> Float[torch.Tensor, "layer head"]:
             ratio = eig.sum(-1).real / total.clamp_min(1e-300)
             out[layer] = torch.where(flat, torch.zeros_like(ratio), ratio).cpu()
     return out
+
+
+def rank_cutoff(k: int, n: int) -> int:
+    """A rank cut-off ``k`` over ``n`` candidates, shrunk to ``n // 20`` (at least 1) so that a
+    random head passes about 5% of the time even in a tiny vocabulary."""
+    return max(1, min(k, n // 20))
 
 
 def _unbiased(module: Any, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n d"]:
