@@ -1,0 +1,306 @@
+"""Activation patching: which activations carry the difference between two inputs?
+
+Run the model on a *clean* input (it gives the right answer) and a *corrupted* one (it does
+not), then rerun the corrupted input with one activation replaced by its clean value and measure
+how far the output moves back (Meng et al. 2022, ROME; Wang et al. 2022, IOI). That is
+*denoising*, TransformerLens' convention; *noising* patches corrupted activations into the
+clean run instead. An activation that restores the answer on its own is sufficient for it.
+
+headzoo computes exactly what ``transformer_lens.patching`` does, but by design cheaper:
+
+- a patch at layer ``L`` cannot change anything below ``L``, so every patched run restarts
+  from the corrupted run's residual stream entering block ``L`` (``start_at_layer``) instead of
+  recomputing the layers below (where the model class supports it);
+- several patched runs share one forward: the corrupted batch is repeated once per patch and
+  each copy gets its own patch, up to a memory budget;
+- only the activation being patched is kept from the clean run, not a full cache;
+- with ``positions=``, logits are computed only where the metric reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+
+from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError, UnsupportedModelError
+from headzoo._models import ModelInfo, model_info
+
+__all__ = ["Site", "SITES", "run_patching", "Direction"]
+
+Direction = Literal["denoise", "noise"]
+Metric = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """What one kind of patch replaces.
+
+    Attributes:
+        name: the patch kind (``"z"``, ``"resid_pre"``, ...).
+        hook: hook name template with ``{layer}``.
+        axes: the index axes after ``layer``: from ``"head"``, ``"kv_head"``, ``"pos"``,
+            ``"dest_pos"``, ``"src_pos"``.
+        layout: where those axes sit in the activation (after batch): e.g. ``("pos", "head")``
+            for ``hook_z`` ``[batch, pos, head, d_head]``, ``("head", "dest_pos", "src_pos")``
+            for patterns.
+    """
+
+    name: str
+    hook: str
+    axes: tuple[str, ...]
+    layout: tuple[str, ...]
+
+    def index(self, axes_values: dict[str, int]) -> tuple[Any, ...]:
+        """The activation index (after batch) that a patch at ``axes_values`` replaces."""
+        return tuple(axes_values.get(axis, slice(None)) for axis in self.layout)
+
+
+def _head_site(name: str, hook: str, by_pos: bool, kv: bool = False) -> Site:
+    # keys and values of grouped-query models are indexed by key-value head, as in TransformerLens
+    head = "kv_head" if kv else "head"
+    return Site(name, hook, ("pos", head) if by_pos else (head,), ("pos", head))
+
+
+SITES: dict[str, Callable[[bool], Site]] = {
+    "z": lambda by_pos: _head_site("z", "blocks.{layer}.attn.hook_z", by_pos),
+    "q": lambda by_pos: _head_site("q", "blocks.{layer}.attn.hook_q", by_pos),
+    "k": lambda by_pos: _head_site("k", "blocks.{layer}.attn.hook_k", by_pos, kv=True),
+    "v": lambda by_pos: _head_site("v", "blocks.{layer}.attn.hook_v", by_pos, kv=True),
+    "pattern": lambda by_pos: Site(
+        "pattern", "blocks.{layer}.attn.hook_pattern", ("head", "dest_pos") if by_pos else ("head",),
+        ("head", "dest_pos", "src_pos"),
+    ),
+    "resid_pre": lambda by_pos: Site("resid_pre", "blocks.{layer}.hook_resid_pre", ("pos",), ("pos",)),
+    "resid_mid": lambda by_pos: Site("resid_mid", "blocks.{layer}.hook_resid_mid", ("pos",), ("pos",)),
+    "attn_out": lambda by_pos: Site("attn_out", "blocks.{layer}.hook_attn_out", ("pos",), ("pos",)),
+    "mlp_out": lambda by_pos: Site("mlp_out", "blocks.{layer}.hook_mlp_out", ("pos",), ("pos",)),
+}
+
+
+class _Stop(Exception):
+    pass
+
+
+def as_tokens(tokens: Any, info: ModelInfo, what: str) -> Int[torch.Tensor, "batch pos"]:
+    """Validate a ``[batch, pos]`` block of token ids (a copy, never the caller's tensor)."""
+    try:
+        ids = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidTokensError(f"{what} must be integer token ids [batch, pos]; got {type(tokens).__name__}") from None
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise InvalidTokensError(f"{what} must be integer token ids; got dtype {ids.dtype}")
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.numel() == 0:
+        raise InvalidTokensError(f"{what} must have shape [batch, pos] (or [pos]); got {tuple(ids.shape)}")
+    if ids.shape[1] > info.n_ctx:
+        raise InvalidTokensError(f"{what} has {ids.shape[1]} positions but the model's context is {info.n_ctx}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= info.d_vocab:
+        raise InvalidTokensError(f"{what} holds ids in [{lo}, {hi}] but the vocabulary is [0, {info.d_vocab - 1}]")
+    return ids.long().clone()
+
+
+def _supports_start_at_layer(model: Any, probe: torch.Tensor) -> bool:
+    """Whether ``model(resid, start_at_layer=L)`` works (HookedTransformer; bridge on TL 4)."""
+    if type(model).__name__ == "HookedTransformer":
+        return True
+    try:
+        model(probe, start_at_layer=model.cfg.n_layers - 1)
+    except (NotImplementedError, TypeError):
+        return False
+    return True
+
+
+class _Runner:
+    """Runs the model from a layer onward, optionally with logits only at some positions."""
+
+    def __init__(self, model: Any, info: ModelInfo, positions: Sequence[int] | None) -> None:
+        self.model, self.info, self.positions = model, info, positions
+        self.device = torch.device(info.device)
+
+    def __call__(self, inputs: torch.Tensor, hooks: list[tuple[str, Callable]], start: int | None) -> torch.Tensor:
+        kwargs = {"start_at_layer": start} if start is not None else {}
+        if self.positions is None:
+            return self.model.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
+        # Logits only where the metric reads them: catch the unembedding's input and stop.
+        got: dict[str, torch.Tensor] = {}
+
+        def grab(module: Any, args: Any) -> None:
+            got["x"] = args[0]
+            raise _Stop
+
+        handle = self.model.unembed.register_forward_pre_hook(grab)
+        try:
+            self.model.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return self.model.unembed(got["x"][:, list(self.positions)])
+
+
+def _evaluate(metric: Metric, logits: torch.Tensor, batch: int, per_example: bool, name: str = "metric") -> torch.Tensor:
+    out = metric(logits)
+    if not isinstance(out, torch.Tensor):
+        out = torch.as_tensor(out)
+    if per_example:
+        if out.ndim != 1 or out.shape[0] != batch:
+            raise InvalidOptionError(
+                f"{name} must return one value per example, a [batch={batch}] tensor, with "
+                f"per_example=True; got shape {tuple(out.shape)}"
+            )
+    elif out.ndim != 0:
+        raise InvalidOptionError(
+            f"{name} must return a scalar tensor; got shape {tuple(out.shape)}. Reduce it (e.g. "
+            ".mean()) or pass per_example=True to keep one value per example"
+        )
+    return out.detach().double().cpu()
+
+
+def run_patching(
+    model: Any,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Metric,
+    site: Site,
+    *,
+    direction: Direction = "denoise",
+    per_example: bool = False,
+    positions: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    memory_mb: float = 512.0,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Patch every index of ``site`` and evaluate ``metric``; the engine behind ``hz.patching``.
+
+    Returns a dict with ``index`` (list of index tuples, ``layer`` first), ``values``
+    (``[n_index]`` or ``[n_index, batch]`` float64), ``baseline`` (the metric on the unpatched
+    run that receives the patches) and ``source`` (on the run the patches come from).
+    """
+    info = model_info(model)
+    clean = as_tokens(clean_tokens, info, "clean_tokens")
+    corrupted = as_tokens(corrupted_tokens, info, "corrupted_tokens")
+    if clean.shape != corrupted.shape:
+        raise InvalidTokensError(
+            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have "
+            "the same shape: each patch moves an activation between matching positions"
+        )
+    if direction not in ("denoise", "noise"):
+        raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
+    if not callable(metric):
+        raise InvalidOptionError(f"metric must be a function of the logits; got {type(metric).__name__}")
+    if memory_mb <= 0:
+        raise InvalidOptionError(f"memory_mb must be positive; got {memory_mb}")
+    layers = list(range(info.n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < info.n_layers]
+    if bad:
+        raise InvalidOptionError(f"layers {bad} are out of range for a model with {info.n_layers} layers")
+    batch, seq = clean.shape
+    if positions is not None:
+        positions = [int(p) for p in ([positions] if isinstance(positions, int) else positions)]
+        if any(not -seq <= p < seq for p in positions):
+            raise InvalidOptionError(f"positions {positions} are out of range for {seq} tokens")
+    hooks = {layer: site.hook.format(layer=layer) for layer in layers}
+    missing = [h for h in hooks.values() if h not in model.hook_dict]
+    if missing:
+        raise MissingHooksError(
+            f"{type(model).__name__} has no hook {missing[0]!r}, which {site.name!r} patching needs"
+        )
+    device = torch.device(info.device)
+    receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    receiver, donor = receiver.to(device), donor.to(device)
+    run = _Runner(model, info, positions)
+
+    # The donor run: keep only the activation being patched, at the patched layers.
+    donor_acts: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int) -> Callable:
+        def hook(act: torch.Tensor, hook: Any) -> None:
+            donor_acts[layer] = act.detach().clone()
+        return hook
+
+    reuse = _supports_start_at_layer(model, torch.zeros(1, 1, info.d_model, device=device, dtype=_dtype(model)))
+    with torch.no_grad():
+        source_logits = run(donor, [(hooks[layer], keep(layer)) for layer in layers], None)
+        source = _evaluate(metric, source_logits, batch, per_example)
+        del source_logits
+        resid: dict[int, torch.Tensor] = {}
+
+        def keep_resid(layer: int) -> Callable:
+            def hook(act: torch.Tensor, hook: Any) -> None:
+                resid[layer] = act.detach().clone()
+            return hook
+
+        resid_hooks = [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in layers] if reuse else []
+        base_logits = run(receiver, resid_hooks, None)
+        baseline = _evaluate(metric, base_logits, batch, per_example)
+        vocab_out = base_logits.shape[-1]
+        del base_logits
+
+    # index grid, layer first
+    sizes = {"head": info.n_heads, "kv_head": info.n_kv_heads, "pos": seq, "dest_pos": seq, "src_pos": seq}
+    ranges = [range(sizes[a]) for a in site.axes]
+    per_layer = [tuple(t) for t in _product(ranges)]
+    # how many patched copies of the batch fit one forward
+    per_copy = batch * seq * (4 * info.d_model + 2 * vocab_out * (len(positions) / seq if positions else 1)) * 4
+    group = max(1, min(len(per_layer), int(memory_mb * 2**20 // max(per_copy, 1))))
+    index: list[tuple[int, ...]] = []
+    values: list[torch.Tensor] = []
+    show = progress if progress is not None else len(layers) * len(per_layer) > 64
+    bar = tqdm(total=len(layers) * len(per_layer), desc=f"headzoo patch {site.name}", disable=not show, leave=False)
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                clean_act = donor_acts[layer]
+                for start in range(0, len(per_layer), group):
+                    chunk = per_layer[start : start + group]
+                    g = len(chunk)
+
+                    def patch(act: torch.Tensor, hook: Any, chunk: list = chunk) -> torch.Tensor:
+                        act = act.clone()
+                        for j, idx in enumerate(chunk):
+                            where = site.index(dict(zip(site.axes, idx)))
+                            act[(slice(j * batch, (j + 1) * batch), *where)] = clean_act[(slice(None), *where)]
+                        return act
+
+                    if reuse:
+                        inputs = resid[layer].repeat(g, *([1] * (resid[layer].ndim - 1)))
+                        logits = run(inputs, [(hooks[layer], patch)], layer)
+                    else:
+                        logits = run(receiver.repeat(g, 1), [(hooks[layer], patch)], None)
+                    for j, idx in enumerate(chunk):
+                        values.append(_evaluate(metric, logits[j * batch : (j + 1) * batch], batch, per_example))
+                        index.append((layer, *idx))
+                    del logits
+                    bar.update(g)
+    finally:
+        bar.close()
+    return {
+        "index": index,
+        "values": torch.stack(values),
+        "baseline": baseline,
+        "source": source,
+        "reused_layers": reuse,
+        "patches_per_forward": group,
+    }
+
+
+def _product(ranges: list[range]) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = [()]
+    for r in ranges:
+        out = [t + (i,) for t in out for i in r]
+    return out
+
+
+def _dtype(model: Any) -> torch.dtype:
+    try:
+        return next(iter(model.parameters())).dtype
+    except StopIteration:
+        return torch.float32
