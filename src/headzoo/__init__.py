@@ -4,6 +4,7 @@
 """
 
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._effects import HeadEffects
 from headzoo._detector import (
     Detector,
     DetectorOutput,
@@ -34,6 +35,8 @@ from headzoo._results import HeadScores
 from headzoo._runner import detect
 from headzoo._zoo import load_model, list_models
 
+from headzoo import patching  # noqa: E402  (the hz.patching namespace)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -45,6 +48,8 @@ __all__ = [
     "Metrics",
     "RepeatedTokens",
     "HeadScores",
+    "HeadEffects",
+    "patching",
     "ModelInfo",
     "TransformerLensModel",
     "detect",

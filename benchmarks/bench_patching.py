@@ -1,0 +1,98 @@
+"""Benchmark: headzoo's head patching against TransformerLens' on a GPT-2-small-shaped model.
+
+On a randomly initialised GPT-2-small-shaped ``TransformerBridge`` (12 layers x 12 heads,
+d_model 768, vocabulary 50257; built offline), with clean and corrupted batches of 8 prompts of
+64 tokens (the corrupted ones differ in a quarter of their positions) and a logit-difference
+metric at the last position, it times, in one process and one after the other:
+
+* TransformerLens: ``run_with_cache(clean)`` then
+  ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)``;
+* headzoo: ``hz.patching.patch_heads(model, clean, corrupted, metric)`` (logits everywhere,
+  as TransformerLens computes them);
+* headzoo with ``positions=-1``: the metric reads only the last position, so only that
+  position is unembedded (a 64 x 50257 logit block per prompt becomes 1 x 50257);
+
+and prints the times, the ratios, and the largest difference from TransformerLens' [12, 12]
+result.
+The target (headzoo at least 2x faster, identical numbers) is reported, not asserted.
+
+    python benchmarks/bench_patching.py            # GPT-2-small shape
+    python benchmarks/bench_patching.py --small    # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_detect import GPT2_SMALL, SMALL  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1, help="best of R timed runs per side")
+    args = parser.parse_args()
+
+    import torch
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
+
+    import headzoo as hz
+
+    shape = SMALL if args.small else GPT2_SMALL
+    cfg = TransformerBridgeConfig(
+        n_layers=shape.n_layers, d_model=shape.d_model, n_ctx=shape.n_ctx, d_head=shape.d_head,
+        n_heads=shape.n_heads, d_vocab=shape.d_vocab, d_mlp=shape.d_mlp, act_fn="gelu",
+        normalization_type="LN", seed=0,
+    )
+    model = TransformerBridge.boot_native(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, shape.d_vocab, (args.batch, args.seq), generator=g)
+    corrupted = clean.clone()
+    flip = torch.rand(args.batch, args.seq, generator=g) < 0.25
+    corrupted[flip] = torch.randint(0, shape.d_vocab, (int(flip.sum()),), generator=g)
+    metric = hz.patching.logit_diff(clean[:, -1], corrupted[:, -1])
+
+    def tl() -> torch.Tensor:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean)
+            return get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)
+
+    def headzoo() -> torch.Tensor:
+        effects = hz.patching.patch_heads(model, clean, corrupted, metric, progress=False)
+        return torch.tensor(effects.matrix().to_numpy())
+
+    def headzoo_last() -> torch.Tensor:
+        effects = hz.patching.patch_heads(model, clean, corrupted, metric, positions=-1, progress=False)
+        return torch.tensor(effects.matrix().to_numpy())
+
+    with torch.no_grad():
+        model(clean[:1, :4])  # warm-up
+    times = {}
+    results = {}
+    for name, fn in [("transformer_lens", tl), ("headzoo", headzoo), ("headzoo_last", headzoo_last)]:
+        best = float("inf")
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            results[name] = fn()
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    ref = results["transformer_lens"].double().cpu()
+    print(f"model: {shape.n_layers} layers x {shape.n_heads} heads, vocabulary {shape.d_vocab}; batch {args.batch} x {args.seq} tokens")
+    print(f"TransformerLens get_act_patch_attn_head_out_all_pos: {times['transformer_lens']:.2f} s")
+    for name, label in [("headzoo", "patch_heads"), ("headzoo_last", "patch_heads(positions=-1)")]:
+        diff = (results[name].double() - ref).abs().max().item()
+        print(f"headzoo {label:<27}{times[name]:7.2f} s  speed-up {times['transformer_lens'] / times[name]:.2f}x "
+              f"(target >= 2x)  max |difference| {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""``HeadEffects``: the tidy result of patching and ablation."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, final
+
+import numpy as np
+import pandas as pd
+
+from headzoo._results import _colour, _normalise, _write_atomic
+
+__all__ = ["HeadEffects"]
+
+_INDEX = ("layer", "head", "kv_head", "pos", "dest_pos", "src_pos")
+
+
+@final
+class HeadEffects:
+    """Effects of patching (or ablating) activations, one row per patched index.
+
+    ``to_frame()`` has the index columns of the patch (``layer`` first, then ``head``,
+    ``pos``, ... as the patch kind has them) and ``effect``: the metric on the patched run,
+    TransformerLens' convention, so it compares directly with ``transformer_lens.patching``.
+    When the metric returns one value per example, ``effect`` is their mean and ``stderr``,
+    ``ci_low`` and ``ci_high`` (a seeded 95% bootstrap interval) come with it, and the
+    per-example values are kept (:meth:`per_example`).
+
+    ``meta["baseline"]`` is the metric on the unpatched run that received the patches and
+    ``meta["source"]`` on the run they came from; :meth:`normalized` maps effects to
+    ``(effect - baseline) / (source - baseline)`` (0 = no change, 1 = fully restored).
+    """
+
+    __slots__ = ("_frame", "_meta", "_examples")
+
+    def __init__(self, frame: pd.DataFrame, meta: dict[str, Any], examples: np.ndarray | None = None) -> None:
+        if "effect" not in frame.columns or "layer" not in frame.columns:
+            raise ValueError("HeadEffects needs columns layer and effect")
+        frame = frame.reset_index(drop=True).copy()
+        for col in frame.columns:
+            frame[col] = frame[col].astype("int64" if col in _INDEX else "float64")
+        self._frame = frame
+        self._meta = _normalise(meta)
+        if examples is not None:
+            examples = np.asarray(examples, dtype=np.float64)
+            if examples.ndim != 2 or examples.shape[0] != len(frame):
+                raise ValueError(f"per-example values must be [rows={len(frame)}, batch]; got {examples.shape}")
+        self._examples = examples
+
+    @classmethod
+    def from_values(
+        cls, index: list[tuple[int, ...]], axes: tuple[str, ...], values: Any, meta: dict[str, Any], *, seed: int = 0
+    ) -> HeadEffects:
+        """Build from index tuples (``layer`` first) and ``[n]`` or ``[n, batch]`` values."""
+        values = np.asarray(values, dtype=np.float64)
+        frame = pd.DataFrame(index, columns=["layer", *axes])
+        examples = None
+        if values.ndim == 2:
+            examples = values
+            n = values.shape[1]
+            frame["effect"] = values.mean(1)
+            frame["stderr"] = values.std(1, ddof=1) / math.sqrt(n) if n > 1 else np.nan
+            rng = np.random.default_rng(seed)
+            picks = rng.integers(0, n, size=(1000, n))
+            boots = values[:, picks].mean(-1)  # [rows, 1000]
+            frame["ci_low"], frame["ci_high"] = np.quantile(boots, 0.025, axis=1), np.quantile(boots, 0.975, axis=1)
+        else:
+            frame["effect"] = values
+        return cls(frame, meta, examples)
+
+    # -- access ---------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A copy of the metadata (kind, direction, baseline and source metric, options)."""
+        return json.loads(json.dumps(self._meta))
+
+    @property
+    def index_columns(self) -> list[str]:
+        return [c for c in self._frame.columns if c in _INDEX]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy copy: index columns, ``effect`` (and ``stderr``, ``ci_low``, ``ci_high``)."""
+        return self._frame.copy()
+
+    def per_example(self) -> pd.DataFrame:
+        """Long frame of per-example effects: index columns, ``example``, ``effect``."""
+        if self._examples is None:
+            raise ValueError("the metric returned one value per run, not per example; pass per_example=True")
+        idx = self._frame[self.index_columns]
+        n = self._examples.shape[1]
+        out = idx.loc[idx.index.repeat(n)].reset_index(drop=True)
+        out["example"] = np.tile(np.arange(n), len(idx))
+        out["effect"] = self._examples.reshape(-1)
+        return out
+
+    def normalized(self) -> pd.Series:
+        """``(effect - baseline) / (source - baseline)``: 0 = unchanged, 1 = fully moved."""
+        base, source = self._meta["baseline"], self._meta["source"]
+        gap = source - base
+        if gap == 0:
+            raise ZeroDivisionError("the metric is the same on both runs, so there is nothing to normalise by")
+        return (self._frame["effect"] - base) / gap
+
+    def matrix(self, column: str = "effect") -> pd.DataFrame:
+        """``layer x head`` (or ``layer x pos``) table, averaging any other index axis."""
+        other = [c for c in self.index_columns if c != "layer"]
+        if not other:
+            raise ValueError("effects have no axis besides layer")
+        col = "head" if "head" in other else other[0]
+        return self._frame.groupby(["layer", col])[column].mean().unstack(col)
+
+    def top(self, k: int = 5, *, by: str = "abs") -> pd.DataFrame:
+        """The ``k`` rows with the largest change from the baseline (``by="abs"``) or effect."""
+        change = (self._frame["effect"] - self._meta["baseline"]).abs() if by == "abs" else self._frame["effect"]
+        return self._frame.loc[change.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
+
+    # -- display --------------------------------------------------------------------------
+    def plot(self, column: str = "effect") -> Any:
+        """Heatmap of :meth:`matrix` as a plotly ``Figure`` (returned, never shown)."""
+        import plotly.graph_objects as go
+
+        table = self.matrix(column)
+        base = self._meta.get("baseline", 0.0)
+        spread = float(np.nanmax(np.abs(table.to_numpy() - base))) or 1.0
+        fig = go.Figure(go.Heatmap(
+            z=table.to_numpy(), x=list(table.columns), y=list(table.index), colorscale="RdBu", zmid=base,
+            zmin=base - spread, zmax=base + spread, colorbar={"title": column},
+            hovertemplate=f"layer %{{y}}, {table.columns.name} %{{x}}<br>{column} %{{z:.4f}}<extra></extra>",
+        ))
+        fig.update_xaxes(title_text=str(table.columns.name), dtick=1)
+        fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1)
+        fig.update_layout(title=f"headzoo: {self._meta.get('kind', '')} patching ({self._meta.get('direction', '')})")
+        return fig
+
+    def __repr__(self) -> str:
+        return f"HeadEffects({self._meta.get('kind', '?')}, {len(self._frame)} patches, baseline {self._meta.get('baseline')})"
+
+    def _repr_html_(self) -> str:
+        """Self-contained HTML (no scripts): a colour grid of :meth:`matrix` and the top rows."""
+        esc = html.escape
+        try:
+            table = self.matrix()
+        except ValueError:
+            table = None
+        base = float(self._meta.get("baseline", 0.0))
+        parts = [f"<div style='font-family:sans-serif;font-size:12px'><b>HeadEffects</b> &middot; "
+                 f"{esc(str(self._meta.get('kind', '')))} &middot; {esc(str(self._meta.get('direction', '')))} "
+                 f"&middot; baseline {base:.4g}"]
+        if table is not None:
+            values = table.to_numpy()
+            spread = float(np.nanmax(np.abs(values - base))) or 1.0
+            rows = []
+            for layer, row in zip(table.index, values):
+                cells = "".join(
+                    f"<td title='L{layer} {esc(str(table.columns.name))} {c}: {v:.4g}' style='width:14px;height:14px;"
+                    f"background:{_colour(abs(v - base), 0.0, spread)}'></td>" for c, v in zip(table.columns, row)
+                )
+                rows.append(f"<tr><th style='font-weight:normal'>{layer}</th>{cells}</tr>")
+            parts.append(f"<table style='border-collapse:collapse'>{''.join(rows)}</table>")
+        parts.append(self.top(5).to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+        parts.append("</div>")
+        return "".join(parts)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write Parquet: the frame, the metadata and any per-example values."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        table = pa.Table.from_pandas(self._frame, preserve_index=False)
+        extra = {b"headzoo": json.dumps(self._meta).encode()}
+        if self._examples is not None:
+            extra[b"headzoo_examples"] = json.dumps(self._examples.tolist()).encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+        _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> HeadEffects:
+        """Read a file written by :meth:`save`."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        if b"headzoo" not in meta:
+            raise ValueError(f"{path} is not a headzoo HeadEffects file")
+        examples = np.asarray(json.loads(meta[b"headzoo_examples"])) if b"headzoo_examples" in meta else None
+        return cls(table.to_pandas(), json.loads(meta[b"headzoo"]), examples)

@@ -1,0 +1,239 @@
+"""Activation patching, ``hz.patching``: which activations carry the difference between inputs?
+
+Run the model on a *clean* input and a *corrupted* one that differ in one key detail, then rerun
+one input with a single activation taken from the other run and measure the output with a
+metric. *Denoising* (the default, TransformerLens' convention) patches clean activations into
+the corrupted run: what restores the answer is sufficient for it. *Noising* patches corrupted
+activations into the clean run: what breaks the answer is necessary for it (Meng et al. 2022;
+Wang et al. 2022; Heimersheim and Nanda 2024, "How to use and interpret activation patching").
+
+Every function returns :class:`hz.HeadEffects` whose ``effect`` is the metric on the patched
+run, exactly what ``transformer_lens.patching``'s matching function returns (tested to 1e-4),
+computed faster: patched runs restart at the patched layer from the receiving run's residual
+stream, and several patches share one forward pass.
+
+A metric is any function of the logits ``[batch, pos, vocab]`` returning a scalar tensor, or,
+with ``per_example=True``, a ``[batch]`` tensor (the result then carries standard errors and
+bootstrap intervals). The helpers below build common ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from headzoo._effects import HeadEffects
+from headzoo._errors import InvalidOptionError
+from headzoo._models import library_versions, model_info
+from headzoo._patching import SITES, Direction, run_patching
+
+__all__ = [
+    "patch",
+    "patch_heads",
+    "patch_qkv",
+    "patch_pattern",
+    "patch_residual",
+    "patch_attn_out",
+    "patch_mlp_out",
+    "logit_diff",
+    "prob",
+    "log_prob",
+    "loss",
+    "kl_from",
+    "KINDS",
+]
+
+#: patch kinds and what they replace
+KINDS = {
+    "z": "each head's output (hook_z) [layer, head(, pos)]",
+    "q": "each head's queries [layer, head(, pos)]",
+    "k": "each key-value head's keys [layer, kv_head(, pos)]",
+    "v": "each key-value head's values [layer, kv_head(, pos)]",
+    "pattern": "each head's attention pattern [layer, head(, dest_pos)]",
+    "resid_pre": "the residual stream entering each block [layer, pos]",
+    "resid_mid": "the residual stream between attention and MLP [layer, pos]",
+    "attn_out": "each layer's attention output [layer, pos]",
+    "mlp_out": "each layer's MLP output [layer, pos]",
+}
+
+
+def patch(
+    model: Any,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    kind: str = "z",
+    by_pos: bool = False,
+    direction: Direction = "denoise",
+    per_example: bool = False,
+    positions: int | Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    memory_mb: float = 512.0,
+    progress: bool | None = None,
+) -> HeadEffects:
+    """Patch every index of one kind of activation, one at a time; the metric for each.
+
+    Args:
+        model: any TransformerLens model.
+        clean_tokens, corrupted_tokens: ``[batch, pos]`` token ids of the same shape.
+        metric: ``metric(logits) -> scalar`` (``[batch]`` with ``per_example=True``).
+        kind: what to patch, one of :data:`KINDS`.
+        by_pos: patch each position separately (head kinds; always for residual kinds).
+        direction: ``"denoise"`` (clean into the corrupted run) or ``"noise"`` (corrupted into
+            the clean run).
+        positions: compute logits only at these positions; the metric then receives
+            ``[batch, len(positions), vocab]``.
+        layers: patch only these layers.
+        memory_mb: budget for the patched copies that share one forward pass.
+
+    Returns:
+        :class:`hz.HeadEffects`; ``meta["baseline"]`` is the metric on the unpatched receiving
+        run and ``meta["source"]`` on the run the patches come from.
+    """
+    if kind not in SITES:
+        raise InvalidOptionError(f"unknown patch kind {kind!r}; choose one of {list(KINDS)}")
+    site = SITES[kind](by_pos)
+    out = run_patching(
+        model, clean_tokens, corrupted_tokens, metric, site, direction=direction, per_example=per_example,
+        positions=positions, layers=layers, memory_mb=memory_mb, progress=progress,
+    )
+    info = model_info(model)
+    reduce = (lambda t: float(t.mean())) if per_example else (lambda t: float(t))
+    meta = {
+        "format": "headzoo.HeadEffects/1",
+        "kind": kind,
+        "by_pos": by_pos or site.axes[-1:] == ("pos",),
+        "direction": direction,
+        "baseline": reduce(out["baseline"]),
+        "source": reduce(out["source"]),
+        "per_example": per_example,
+        "positions": None if positions is None else ([positions] if isinstance(positions, int) else list(positions)),
+        "model": info.config_dict(),
+        "versions": library_versions(),
+        "engine": {"reused_layers": out["reused_layers"], "patches_per_forward": out["patches_per_forward"]},
+    }
+    return HeadEffects.from_values(out["index"], site.axes, out["values"].numpy(), meta)
+
+
+def patch_heads(model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: Callable, *, by_pos: bool = False, **options: Any) -> HeadEffects:
+    """Patch each head's output (``hook_z``), over all positions or (``by_pos``) one at a time.
+
+    Equals ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` (``by_pos``:
+    ``..._by_pos``). See :func:`patch` for the options.
+    """
+    return patch(model, clean_tokens, corrupted_tokens, metric, kind="z", by_pos=by_pos, **options)
+
+
+def patch_qkv(
+    model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: Callable, *, which: Literal["q", "k", "v"] = "q",
+    by_pos: bool = False, **options: Any,
+) -> HeadEffects:
+    """Patch each head's queries, keys or values (keys and values per key-value head)."""
+    if which not in ("q", "k", "v"):
+        raise InvalidOptionError(f"which must be 'q', 'k' or 'v'; got {which!r}")
+    return patch(model, clean_tokens, corrupted_tokens, metric, kind=which, by_pos=by_pos, **options)
+
+
+def patch_pattern(model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: Callable, *, by_pos: bool = False, **options: Any) -> HeadEffects:
+    """Patch each head's attention pattern (``by_pos``: one destination row at a time)."""
+    return patch(model, clean_tokens, corrupted_tokens, metric, kind="pattern", by_pos=by_pos, **options)
+
+
+def patch_residual(
+    model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: Callable, *,
+    where: Literal["resid_pre", "resid_mid"] = "resid_pre", **options: Any,
+) -> HeadEffects:
+    """Patch the residual stream at each (layer, position)."""
+    if where not in ("resid_pre", "resid_mid"):
+        raise InvalidOptionError(f"where must be 'resid_pre' or 'resid_mid'; got {where!r}")
+    return patch(model, clean_tokens, corrupted_tokens, metric, kind=where, **options)
+
+
+def patch_attn_out(model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: Callable, **options: Any) -> HeadEffects:
+    """Patch each layer's attention output at each position."""
+    return patch(model, clean_tokens, corrupted_tokens, metric, kind="attn_out", **options)
+
+
+def patch_mlp_out(model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: Callable, **options: Any) -> HeadEffects:
+    """Patch each layer's MLP output at each position."""
+    return patch(model, clean_tokens, corrupted_tokens, metric, kind="mlp_out", **options)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _answers(ids: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(ids)
+    if t.is_floating_point() or t.ndim > 1:
+        raise InvalidOptionError(f"{name} must be a token id or a [batch] tensor of ids; got {ids!r}")
+    return t.long()
+
+
+def _at(logits: torch.Tensor, pos: int) -> torch.Tensor:
+    return logits[:, pos] if logits.ndim == 3 else logits
+
+
+def _finish(values: torch.Tensor, per_example: bool) -> torch.Tensor:
+    return values if per_example else values.mean()
+
+
+def logit_diff(correct: Any, wrong: Any, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``logit[correct] - logit[wrong]`` at position ``pos`` (ids: one, or one per example)."""
+    c, w = _answers(correct, "correct"), _answers(wrong, "wrong")
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        last = _at(logits, pos)
+        rows = torch.arange(last.shape[0], device=last.device)
+        return _finish(last[rows, c.to(last.device)] - last[rows, w.to(last.device)], per_example)
+
+    return metric
+
+
+def prob(answer: Any, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The probability of ``answer`` at position ``pos``."""
+    a = _answers(answer, "answer")
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        last = _at(logits, pos).float().softmax(-1)
+        return _finish(last[torch.arange(last.shape[0], device=last.device), a.to(last.device)], per_example)
+
+    return metric
+
+
+def log_prob(answer: Any, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The log-probability of ``answer`` at position ``pos``."""
+    a = _answers(answer, "answer")
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        last = _at(logits, pos).float().log_softmax(-1)
+        return _finish(last[torch.arange(last.shape[0], device=last.device), a.to(last.device)], per_example)
+
+    return metric
+
+
+def loss(tokens: Any, *, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` under the logits."""
+    ids = torch.as_tensor(tokens).long()
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        logp = logits[:, :-1].float().log_softmax(-1)
+        nll = -logp.gather(-1, ids[:, 1:, None].to(logp.device)).squeeze(-1).mean(-1)
+        return _finish(nll, per_example)
+
+    return metric
+
+
+def kl_from(reference_logits: torch.Tensor, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``KL(reference || patched)`` of the next-token distributions at ``pos`` (e.g. from the
+    clean run's logits: how far a patch moves the output away from it)."""
+    ref = _at(reference_logits.detach(), pos).float().log_softmax(-1)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        cur = _at(logits, pos).float().log_softmax(-1)
+        r = ref.to(cur.device)
+        return _finish((r.exp() * (r - cur)).sum(-1), per_example)
+
+    return metric
