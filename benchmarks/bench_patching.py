@@ -7,10 +7,10 @@ metric at the last position, it times, in one process and one after the other:
 
 * TransformerLens: ``run_with_cache(clean)`` then
   ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos(model, corrupted, cache, metric)``;
-* headzoo: ``hz.patching.patch_heads(model, clean, corrupted, metric)`` (logits everywhere,
-  as TransformerLens computes them);
-* headzoo with ``positions=-1``: the metric reads only the last position, so only that
-  position is unembedded (a 64 x 50257 logit block per prompt becomes 1 x 50257);
+* headzoo: ``hz.patching.patch_heads(model, clean, corrupted, metric)``, defaults (it finds
+  that the metric reads only the last position and unembeds only that one);
+* headzoo with ``positions=None``: logits at every position, as TransformerLens computes them
+  (the layer reuse and batching alone);
 
 and prints the times, the ratios, and the largest difference from TransformerLens' [12, 12]
 result.
@@ -71,7 +71,7 @@ def main() -> None:
         return torch.tensor(effects.matrix().to_numpy())
 
     def headzoo_last() -> torch.Tensor:
-        effects = hz.patching.patch_heads(model, clean, corrupted, metric, positions=-1, progress=False)
+        effects = hz.patching.patch_heads(model, clean, corrupted, metric, positions=None, progress=False)
         return torch.tensor(effects.matrix().to_numpy())
 
     with torch.no_grad():
@@ -88,7 +88,7 @@ def main() -> None:
     ref = results["transformer_lens"].double().cpu()
     print(f"model: {shape.n_layers} layers x {shape.n_heads} heads, vocabulary {shape.d_vocab}; batch {args.batch} x {args.seq} tokens")
     print(f"TransformerLens get_act_patch_attn_head_out_all_pos: {times['transformer_lens']:.2f} s")
-    for name, label in [("headzoo", "patch_heads"), ("headzoo_last", "patch_heads(positions=-1)")]:
+    for name, label in [("headzoo", "patch_heads"), ("headzoo_last", "patch_heads(positions=None)")]:
         diff = (results[name].double() - ref).abs().max().item()
         print(f"headzoo {label:<27}{times[name]:7.2f} s  speed-up {times['transformer_lens'] / times[name]:.2f}x "
               f"(target >= 2x)  max |difference| {diff:.2e}")

@@ -107,29 +107,43 @@ def as_tokens(tokens: Any, info: ModelInfo, what: str) -> Int[torch.Tensor, "bat
     return ids.long().clone()
 
 
-def _supports_start_at_layer(model: Any, probe: torch.Tensor) -> bool:
-    """Whether ``model(resid, start_at_layer=L)`` works (HookedTransformer; bridge on TL 4)."""
-    if type(model).__name__ == "HookedTransformer":
-        return True
-    try:
-        model(probe, start_at_layer=model.cfg.n_layers - 1)
-    except (NotImplementedError, TypeError):
-        return False
-    return True
-
-
 class _Runner:
-    """Runs the model from a layer onward, optionally with logits only at some positions."""
+    """Runs the model (or its blocks from one layer on), with logits only where they are read.
 
-    def __init__(self, model: Any, info: ModelInfo, positions: Sequence[int] | None) -> None:
-        self.model, self.info, self.positions = model, info, positions
-        self.device = torch.device(info.device)
+    ``from_layer`` runs ``blocks[L:]``, the final norm and the unembedding directly on a
+    residual stream, which is what makes reusing the layers below a patch possible. It is
+    used only after :meth:`verify` has checked, on the real inputs, that it reproduces the
+    model's own forward pass; otherwise every patched run is a full forward.
+    """
 
-    def __call__(self, inputs: torch.Tensor, hooks: list[tuple[str, Callable]], start: int | None) -> torch.Tensor:
-        kwargs = {"start_at_layer": start} if start is not None else {}
-        if self.positions is None:
-            return self.model.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
-        # Logits only where the metric reads them: catch the unembedding's input and stop.
+    def __init__(self, model: Any, info: ModelInfo) -> None:
+        self.model, self.info = model, info
+        self.read: list[int] | None = None  # positions whose logits the metric reads (None: all)
+
+    # Hooks go through TransformerLens' own context manager: it applies a bridge's hook
+    # conversions (hook_z is [batch, pos, head, d_head] there too) and removes exactly the
+    # hooks it added, also when the run raises.
+    def full(self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
+        with self.model.hooks(fwd_hooks=hooks):
+            return self._logits(lambda: self.model(tokens))
+
+    def from_layer(self, resid: torch.Tensor, layer: int, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
+        def forward() -> torch.Tensor:
+            x = resid
+            for block in self.model.blocks[layer:]:
+                x = block(x)
+                if isinstance(x, tuple):  # Hugging Face blocks return (hidden_states, ...)
+                    x = x[0]
+            return self.model.unembed(_final_norm(self.model)(x))
+
+        with self.model.hooks(fwd_hooks=hooks):
+            return self._logits(forward)
+
+    def _logits(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.read is None:
+            return forward()
+        # Catch the unembedding's input and unembed only the positions the metric reads; the
+        # others are NaN, so a metric that read them would return NaN (and is checked for it).
         got: dict[str, torch.Tensor] = {}
 
         def grab(module: Any, args: Any) -> None:
@@ -138,12 +152,53 @@ class _Runner:
 
         handle = self.model.unembed.register_forward_pre_hook(grab)
         try:
-            self.model.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
+            forward()
         except _Stop:
             pass
         finally:
             handle.remove()
-        return self.model.unembed(got["x"][:, list(self.positions)])
+        return self.model.unembed(got["x"][:, self.read])
+
+    def expand(self, logits: torch.Tensor, seq: int) -> torch.Tensor:
+        """Logits as the metric expects them, ``[batch, pos, vocab]``: NaN where not computed."""
+        if self.read is None:
+            return logits
+        out = torch.full((logits.shape[0], seq, logits.shape[-1]), float("nan"), dtype=logits.dtype, device=logits.device)
+        out[:, self.read] = logits
+        return out
+
+
+def _final_norm(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    norm = getattr(model, "ln_final", None)
+    return norm if norm is not None else (lambda x: x)
+
+
+def _read_positions(metric: Metric, logits: torch.Tensor, value: torch.Tensor, per_example: bool) -> list[int] | None:
+    """Positions whose logits ``metric`` reads, or ``None`` when that cannot be established.
+
+    The gradient of the metric says which positions it depends on; the answer is accepted only
+    if the metric gives the same value with every other position set to NaN.
+    """
+    leaf = logits.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            out = metric(leaf)
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return None
+            (grad,) = torch.autograd.grad(out.sum(), leaf, allow_unused=True)
+    except RuntimeError:
+        return None
+    if grad is None:
+        return None
+    read = grad.abs().sum((0, 2)).nonzero().flatten().tolist()
+    if not read or len(read) == logits.shape[1]:
+        return None
+    masked = torch.full_like(logits, float("nan"))
+    masked[:, read] = logits[:, read]
+    with torch.no_grad():
+        again = torch.as_tensor(metric(masked)).detach().double().cpu()
+    same = torch.equal(again, value) or bool(torch.allclose(again, value, rtol=0, atol=0, equal_nan=False))
+    return read if same else None
 
 
 def _evaluate(metric: Metric, logits: torch.Tensor, batch: int, per_example: bool, name: str = "metric") -> torch.Tensor:
@@ -173,7 +228,7 @@ def run_patching(
     *,
     direction: Direction = "denoise",
     per_example: bool = False,
-    positions: Sequence[int] | None = None,
+    positions: Sequence[int] | int | str | None = "auto",
     layers: Sequence[int] | None = None,
     memory_mb: float = 512.0,
     progress: bool | None = None,
@@ -182,7 +237,8 @@ def run_patching(
 
     Returns a dict with ``index`` (list of index tuples, ``layer`` first), ``values``
     (``[n_index]`` or ``[n_index, batch]`` float64), ``baseline`` (the metric on the unpatched
-    run that receives the patches) and ``source`` (on the run the patches come from).
+    run that receives the patches), ``source`` (on the run the patches come from) and what the
+    engine did (``reused_layers``, ``patches_per_forward``, ``read_positions``).
     """
     info = model_info(model)
     clean = as_tokens(clean_tokens, info, "clean_tokens")
@@ -196,17 +252,19 @@ def run_patching(
         raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
     if not callable(metric):
         raise InvalidOptionError(f"metric must be a function of the logits; got {type(metric).__name__}")
-    if memory_mb <= 0:
+    if not memory_mb > 0:
         raise InvalidOptionError(f"memory_mb must be positive; got {memory_mb}")
     layers = list(range(info.n_layers)) if layers is None else [int(x) for x in layers]
     bad = [x for x in layers if not 0 <= x < info.n_layers]
-    if bad:
-        raise InvalidOptionError(f"layers {bad} are out of range for a model with {info.n_layers} layers")
+    if bad or not layers:
+        raise InvalidOptionError(f"layers {bad or layers} are out of range for a model with {info.n_layers} layers")
     batch, seq = clean.shape
-    if positions is not None:
-        positions = [int(p) for p in ([positions] if isinstance(positions, int) else positions)]
-        if any(not -seq <= p < seq for p in positions):
-            raise InvalidOptionError(f"positions {positions} are out of range for {seq} tokens")
+    explicit: list[int] | None = None
+    if positions not in (None, "auto"):
+        items = [positions] if isinstance(positions, int) else list(positions)  # type: ignore[arg-type]
+        if not items or any(not isinstance(p, int) or not -seq <= p < seq for p in items):
+            raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
+        explicit = sorted({p % seq for p in items})
     hooks = {layer: site.hook.format(layer=layer) for layer in layers}
     missing = [h for h in hooks.values() if h not in model.hook_dict]
     if missing:
@@ -216,41 +274,51 @@ def run_patching(
     device = torch.device(info.device)
     receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
     receiver, donor = receiver.to(device), donor.to(device)
-    run = _Runner(model, info, positions)
+    run = _Runner(model, info)
 
-    # The donor run: keep only the activation being patched, at the patched layers.
     donor_acts: dict[int, torch.Tensor] = {}
+    resid: dict[int, torch.Tensor] = {}
 
-    def keep(layer: int) -> Callable:
+    def keep(store: dict[int, torch.Tensor], layer: int) -> Callable:
         def hook(act: torch.Tensor, hook: Any) -> None:
-            donor_acts[layer] = act.detach().clone()
+            store[layer] = act.detach().clone()
         return hook
 
-    reuse = _supports_start_at_layer(model, torch.zeros(1, 1, info.d_model, device=device, dtype=_dtype(model)))
+    resid_names = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
+    can_reuse = all(name in model.hook_dict for name in resid_names.values())
     with torch.no_grad():
-        source_logits = run(donor, [(hooks[layer], keep(layer)) for layer in layers], None)
-        source = _evaluate(metric, source_logits, batch, per_example)
-        del source_logits
-        resid: dict[int, torch.Tensor] = {}
-
-        def keep_resid(layer: int) -> Callable:
-            def hook(act: torch.Tensor, hook: Any) -> None:
-                resid[layer] = act.detach().clone()
-            return hook
-
-        resid_hooks = [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in layers] if reuse else []
-        base_logits = run(receiver, resid_hooks, None)
+        # The donor run keeps only the activation being patched, at the patched layers.
+        source = _evaluate(metric, run.full(donor, [(hooks[layer], keep(donor_acts, layer)) for layer in layers]), batch, per_example)
+        base_logits = run.full(receiver, [(resid_names[layer], keep(resid, layer)) for layer in layers] if can_reuse else [])
         baseline = _evaluate(metric, base_logits, batch, per_example)
-        vocab_out = base_logits.shape[-1]
-        del base_logits
+    if explicit is not None:
+        masked = torch.full_like(base_logits, float("nan"))
+        masked[:, explicit] = base_logits[:, explicit]
+        check = _evaluate(metric, masked, batch, per_example)
+        if not torch.allclose(check, baseline, equal_nan=True):
+            raise InvalidOptionError(
+                f"the metric reads logits outside positions={positions!r} (with the others set to "
+                "NaN it changes); widen positions or leave it to 'auto'"
+            )
+        run.read = explicit
+    elif positions == "auto":
+        run.read = _read_positions(metric, base_logits, baseline, per_example)
+    reuse = False
+    if can_reuse:
+        # Use the block loop only where it reproduces the model's own forward on these inputs.
+        with torch.no_grad():
+            first = min(layers)
+            again = run.expand(run.from_layer(resid[first], first, []), seq)
+            want = run.expand(base_logits[:, run.read] if run.read is not None else base_logits, seq)
+            reuse = bool(torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True))
+    vocab_out = base_logits.shape[-1]
+    del base_logits
 
-    # index grid, layer first
     sizes = {"head": info.n_heads, "kv_head": info.n_kv_heads, "pos": seq, "dest_pos": seq, "src_pos": seq}
-    ranges = [range(sizes[a]) for a in site.axes]
-    per_layer = [tuple(t) for t in _product(ranges)]
-    # how many patched copies of the batch fit one forward
-    per_copy = batch * seq * (4 * info.d_model + 2 * vocab_out * (len(positions) / seq if positions else 1)) * 4
-    group = max(1, min(len(per_layer), int(memory_mb * 2**20 // max(per_copy, 1))))
+    per_layer = _product([range(sizes[a]) for a in site.axes])
+    logit_positions = len(run.read) if run.read is not None else seq
+    per_copy = 4 * batch * (seq * 6 * info.d_model + logit_positions * vocab_out)
+    group = max(1, min(len(per_layer), int(memory_mb * 2**20 // per_copy)))
     index: list[tuple[int, ...]] = []
     values: list[torch.Tensor] = []
     show = progress if progress is not None else len(layers) * len(per_layer) > 64
@@ -258,7 +326,7 @@ def run_patching(
     try:
         with torch.no_grad():
             for layer in layers:
-                clean_act = donor_acts[layer]
+                donor_act = donor_acts[layer]
                 for start in range(0, len(per_layer), group):
                     chunk = per_layer[start : start + group]
                     g = len(chunk)
@@ -267,16 +335,16 @@ def run_patching(
                         act = act.clone()
                         for j, idx in enumerate(chunk):
                             where = site.index(dict(zip(site.axes, idx)))
-                            act[(slice(j * batch, (j + 1) * batch), *where)] = clean_act[(slice(None), *where)]
+                            act[(slice(j * batch, (j + 1) * batch), *where)] = donor_act[(slice(None), *where)]
                         return act
 
                     if reuse:
                         inputs = resid[layer].repeat(g, *([1] * (resid[layer].ndim - 1)))
-                        logits = run(inputs, [(hooks[layer], patch)], layer)
+                        logits = run.from_layer(inputs, layer, [(hooks[layer], patch)])
                     else:
-                        logits = run(receiver.repeat(g, 1), [(hooks[layer], patch)], None)
+                        logits = run.full(receiver.repeat(g, 1), [(hooks[layer], patch)])
                     for j, idx in enumerate(chunk):
-                        values.append(_evaluate(metric, logits[j * batch : (j + 1) * batch], batch, per_example))
+                        values.append(_evaluate(metric, run.expand(logits[j * batch : (j + 1) * batch], seq), batch, per_example))
                         index.append((layer, *idx))
                     del logits
                     bar.update(g)
@@ -289,6 +357,7 @@ def run_patching(
         "source": source,
         "reused_layers": reuse,
         "patches_per_forward": group,
+        "read_positions": run.read,
     }
 
 
@@ -297,10 +366,3 @@ def _product(ranges: list[range]) -> list[tuple[int, ...]]:
     for r in ranges:
         out = [t + (i,) for t in out for i in r]
     return out
-
-
-def _dtype(model: Any) -> torch.dtype:
-    try:
-        return next(iter(model.parameters())).dtype
-    except StopIteration:
-        return torch.float32

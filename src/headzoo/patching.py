@@ -69,7 +69,7 @@ def patch(
     by_pos: bool = False,
     direction: Direction = "denoise",
     per_example: bool = False,
-    positions: int | Sequence[int] | None = None,
+    positions: int | Sequence[int] | str | None = "auto",
     layers: Sequence[int] | None = None,
     memory_mb: float = 512.0,
     progress: bool | None = None,
@@ -84,8 +84,12 @@ def patch(
         by_pos: patch each position separately (head kinds; always for residual kinds).
         direction: ``"denoise"`` (clean into the corrupted run) or ``"noise"`` (corrupted into
             the clean run).
-        positions: compute logits only at these positions; the metric then receives
-            ``[batch, len(positions), vocab]``.
+        positions: where to compute logits. ``"auto"`` (default): the positions the metric
+            reads, found from its gradient on the unpatched run and checked by rerunning it
+            with every other position set to NaN (all positions when that cannot be shown,
+            e.g. for a non-differentiable metric). A list: only those (an error if the metric
+            reads others). ``None``: all. The metric always receives ``[batch, pos, vocab]``;
+            positions not computed hold NaN.
         layers: patch only these layers.
         memory_mb: budget for the patched copies that share one forward pass.
 
@@ -110,10 +114,14 @@ def patch(
         "baseline": reduce(out["baseline"]),
         "source": reduce(out["source"]),
         "per_example": per_example,
-        "positions": None if positions is None else ([positions] if isinstance(positions, int) else list(positions)),
+        "positions": positions if positions is None or isinstance(positions, str) else ([positions] if isinstance(positions, int) else list(positions)),
         "model": info.config_dict(),
         "versions": library_versions(),
-        "engine": {"reused_layers": out["reused_layers"], "patches_per_forward": out["patches_per_forward"]},
+        "engine": {
+            "reused_layers": out["reused_layers"],
+            "patches_per_forward": out["patches_per_forward"],
+            "logit_positions": out["read_positions"],
+        },
     }
     return HeadEffects.from_values(out["index"], site.axes, out["values"].numpy(), meta)
 

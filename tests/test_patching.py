@@ -1,0 +1,149 @@
+"""Activation patching equals TransformerLens' on the same model and tokens, and says why not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+import headzoo as hz
+
+from conftest import BACKENDS, cached_planted
+from headzoo.testing import PlantSpec
+
+SPEC = PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=66, n_ctx=32, previous_token=(0, 1),
+                 induction=(2, 0), duplicate_token=(1, 2), seed=3)
+
+# headzoo kind, by_pos -> the TransformerLens function computing the same patch
+TL_FUNCTIONS = {
+    ("z", False): "get_act_patch_attn_head_out_all_pos",
+    ("z", True): "get_act_patch_attn_head_out_by_pos",
+    ("q", False): "get_act_patch_attn_head_q_all_pos",
+    ("q", True): "get_act_patch_attn_head_q_by_pos",
+    ("k", False): "get_act_patch_attn_head_k_all_pos",
+    ("k", True): "get_act_patch_attn_head_k_by_pos",
+    ("v", False): "get_act_patch_attn_head_v_all_pos",
+    ("v", True): "get_act_patch_attn_head_v_by_pos",
+    ("pattern", False): "get_act_patch_attn_head_pattern_all_pos",
+    ("pattern", True): "get_act_patch_attn_head_pattern_by_pos",
+    ("resid_pre", False): "get_act_patch_resid_pre",
+    ("resid_mid", False): "get_act_patch_resid_mid",
+    ("attn_out", False): "get_act_patch_attn_out",
+    ("mlp_out", False): "get_act_patch_mlp_out",
+}
+
+
+def induction_task(n: int = 3, half: int = 6, seed: int = 0):
+    """Clean ``[BOS] r r``; corrupted replaces the first half, so only the clean run can copy."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randint(2, SPEC.d_vocab, (n, half), generator=g)
+    bos = torch.zeros(n, 1, dtype=torch.long)
+    clean = torch.cat([bos, r, r], 1)
+    corrupted = torch.cat([bos, torch.randint(2, SPEC.d_vocab, (n, half), generator=g), r], 1)
+    target_pos = half + 2  # predicts r[:, 2] after seeing r[:, 1] the second time
+    return clean, corrupted, r[:, 2], target_pos
+
+
+def as_tensor(effects: hz.HeadEffects, shape: tuple[int, ...]) -> torch.Tensor:
+    frame = effects.to_frame()
+    out = torch.full(shape, float("nan"), dtype=torch.float64)
+    index = torch.tensor(frame[effects.index_columns].to_numpy())
+    out[tuple(index.T)] = torch.tensor(frame["effect"].to_numpy())
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind,by_pos", list(TL_FUNCTIONS))
+def test_equals_transformer_lens(backend, kind, by_pos):
+    model = cached_planted(SPEC, backend)
+    clean, corrupted, answer, pos = induction_task()
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos)
+    _, cache = model.run_with_cache(clean)
+    reference = getattr(tl_patching, TL_FUNCTIONS[(kind, by_pos)])(model, corrupted, cache, metric).double()
+    effects = hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos=by_pos, progress=False)
+    mine = as_tensor(effects, tuple(reference.shape))
+    assert not torch.isnan(mine).any()
+    assert (mine - reference).abs().max() < 1e-4
+
+
+def test_batching_and_layer_reuse_do_not_change_numbers():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task()
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos, per_example=True)
+    wide = hz.patching.patch_heads(model, clean, corrupted, metric, by_pos=True, per_example=True)
+    narrow = hz.patching.patch_heads(model, clean, corrupted, metric, by_pos=True, per_example=True, memory_mb=1e-6)
+    assert wide.meta["engine"]["patches_per_forward"] > 1 and narrow.meta["engine"]["patches_per_forward"] == 1
+    assert (wide.to_frame()["effect"] - narrow.to_frame()["effect"]).abs().max() < 1e-5
+
+
+def test_the_planted_induction_head_carries_the_answer():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task(n=8)
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos, per_example=True)
+    effects = hz.patching.patch_heads(model, clean, corrupted, metric, per_example=True)
+    top = effects.top(1)
+    assert (top.loc[0, "layer"], top.loc[0, "head"]) == SPEC.induction
+    normalized = effects.normalized()
+    frame = effects.to_frame()
+    is_induction = (frame["layer"] == SPEC.induction[0]) & (frame["head"] == SPEC.induction[1])
+    assert normalized[is_induction].iloc[0] > 0.5 and normalized[~is_induction].abs().max() < 0.3
+    row = frame[is_induction].iloc[0]
+    assert row["ci_low"] <= row["effect"] <= row["ci_high"] and row["stderr"] > 0
+
+
+def test_positions_only_unembed_what_the_metric_reads():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task()
+    full = hz.patching.patch_heads(model, clean, corrupted, hz.patching.logit_diff(answer, answer + 1, pos=pos))
+    seen = []
+
+    def metric(logits):
+        seen.append(tuple(logits.shape))
+        return hz.patching.logit_diff(answer, answer + 1, pos=0)(logits)
+
+    part = hz.patching.patch_heads(model, clean, corrupted, metric, positions=[pos])
+    assert {s[1] for s in seen} == {1}
+    assert (full.to_frame()["effect"] - part.to_frame()["effect"]).abs().max() < 1e-5
+
+
+def test_noising_patches_the_other_way():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task()
+    metric = hz.patching.logit_diff(answer, answer + 1, pos=pos)
+    noised = hz.patching.patch_heads(model, clean, corrupted, metric, direction="noise")
+    denoised_swapped = hz.patching.patch_heads(model, corrupted, clean, metric)
+    assert noised.to_frame()["effect"].equals(denoised_swapped.to_frame()["effect"])
+    assert noised.meta["baseline"] == denoised_swapped.meta["baseline"]
+
+
+def test_results_round_trip_and_render(tmp_path):
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task()
+    effects = hz.patching.patch_heads(model, clean, corrupted, hz.patching.logit_diff(answer, answer + 1, pos=pos, per_example=True), per_example=True)
+    back = hz.HeadEffects.load(effects.save(tmp_path / "e.parquet"))
+    assert back.to_frame().equals(effects.to_frame()) and back.meta == effects.meta
+    assert back.per_example().equals(effects.per_example())
+    assert "<script" not in effects._repr_html_()
+    assert effects.plot().data[0].type == "heatmap"
+
+
+def test_clear_errors():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task()
+    metric = hz.patching.logit_diff(answer, answer + 1, pos=pos)
+    with pytest.raises(hz.InvalidTokensError, match="same shape"):
+        hz.patching.patch_heads(model, clean, corrupted[:, :-1], metric)
+    with pytest.raises(hz.InvalidOptionError, match="scalar"):
+        hz.patching.patch_heads(model, clean, corrupted, lambda logits: logits[:, -1, 0])
+    with pytest.raises(hz.InvalidOptionError, match="one value per example"):
+        hz.patching.patch_heads(model, clean, corrupted, metric, per_example=True)
+    with pytest.raises(hz.InvalidOptionError, match="out of range"):
+        hz.patching.patch_heads(model, clean, corrupted, metric, layers=[7])
+    with pytest.raises(hz.InvalidOptionError, match="kind"):
+        hz.patching.patch(model, clean, corrupted, metric, kind="zz")
+    with pytest.raises(hz.InvalidTokensError, match="vocabulary"):
+        hz.patching.patch_heads(model, clean + 1000, corrupted, metric)
+    before = clean.clone()
+    hz.patching.patch_heads(model, clean, corrupted, metric, layers=[0])
+    assert torch.equal(clean, before)
+    assert all(not h._forward_hooks for h in model.hook_dict.values())
