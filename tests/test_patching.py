@@ -91,19 +91,23 @@ def test_the_planted_induction_head_carries_the_answer():
     assert row["ci_low"] <= row["effect"] <= row["ci_high"] and row["stderr"] > 0
 
 
-def test_positions_only_unembed_what_the_metric_reads():
+def test_logits_only_where_the_metric_reads_them():
     model = cached_planted(SPEC, "bridge")
     clean, corrupted, answer, pos = induction_task()
-    full = hz.patching.patch_heads(model, clean, corrupted, hz.patching.logit_diff(answer, answer + 1, pos=pos))
-    seen = []
-
-    def metric(logits):
-        seen.append(tuple(logits.shape))
-        return hz.patching.logit_diff(answer, answer + 1, pos=0)(logits)
-
-    part = hz.patching.patch_heads(model, clean, corrupted, metric, positions=[pos])
-    assert {s[1] for s in seen} == {1}
-    assert (full.to_frame()["effect"] - part.to_frame()["effect"]).abs().max() < 1e-5
+    metric = hz.patching.logit_diff(answer, answer + 1, pos=pos)
+    everywhere = hz.patching.patch_heads(model, clean, corrupted, metric, positions=None)
+    auto = hz.patching.patch_heads(model, clean, corrupted, metric)
+    explicit = hz.patching.patch_heads(model, clean, corrupted, metric, positions=[pos])
+    assert everywhere.meta["engine"]["read_positions"] is None
+    assert auto.meta["engine"]["read_positions"] == [pos] == explicit.meta["engine"]["read_positions"]
+    for other in (auto, explicit):
+        assert (everywhere.to_frame()["effect"] - other.to_frame()["effect"]).abs().max() < 1e-5
+    with pytest.raises(hz.InvalidOptionError, match="outside positions"):
+        hz.patching.patch_heads(model, clean, corrupted, metric, positions=[0])
+    # a metric that reads every position, or one without a gradient, gets every position
+    whole = hz.patching.patch_heads(model, clean, corrupted, lambda logits: logits.mean())
+    argmax = hz.patching.patch_heads(model, clean, corrupted, lambda logits: (logits[:, pos].argmax(-1) == answer).float().mean())
+    assert whole.meta["engine"]["read_positions"] is None and argmax.meta["engine"]["read_positions"] is None
 
 
 def test_noising_patches_the_other_way():
@@ -147,3 +151,129 @@ def test_clear_errors():
     hz.patching.patch_heads(model, clean, corrupted, metric, layers=[0])
     assert torch.equal(clean, before)
     assert all(not h._forward_hooks for h in model.hook_dict.values())
+
+
+# -- attribution patching -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("by_pos", [False, True])
+def test_attribution_ranks_like_exact_patching(by_pos):
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task(n=8)
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos)
+    exact = hz.patching.patch_heads(model, clean, corrupted, metric, by_pos=by_pos).to_frame()
+    approx = hz.patching.attribution_patch_heads(model, clean, corrupted, metric, by_pos=by_pos).to_frame()
+    assert exact[["layer", "head"]].equals(approx[["layer", "head"]])
+    rho = exact["effect"].rank().corr(approx["effect"].rank())
+    print(f"\n[attribution planted by_pos={by_pos}] Spearman rank correlation with exact patching: {rho:.3f}")
+    assert rho > 0.6
+    top_exact = exact.loc[(exact["effect"] - exact["effect"].median()).abs().idxmax(), ["layer", "head"]].tolist()
+    top_approx = approx.loc[(approx["effect"] - approx["effect"].median()).abs().idxmax(), ["layer", "head"]].tolist()
+    assert top_exact == top_approx == list(SPEC.induction)
+
+
+def test_attribution_on_a_random_model_and_its_bookkeeping():
+    from test_effective_embedding import random_model
+
+    model = random_model("bridge", seed=3, normalization_type="LN", d_vocab=50)
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 50, (6, 10), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 3] = torch.randint(0, 50, (6,), generator=g)
+    metric = hz.patching.logit_diff(clean[:, -1], corrupted[:, -1], per_example=True)
+    exact = hz.patching.patch_heads(model, clean, corrupted, metric, per_example=True)
+    approx = hz.patching.attribution_patch_heads(model, clean, corrupted, metric, per_example=True)
+    rho = exact.to_frame()["effect"].rank().corr(approx.to_frame()["effect"].rank())
+    print(f"\n[attribution random model] Spearman rank correlation with exact patching: {rho:.3f}")
+    assert rho > 0.3
+    assert approx.meta["baseline"] == pytest.approx(exact.meta["baseline"], abs=1e-5)
+    assert approx.meta["method"] == "attribution" and exact.meta["method"] == "exact"
+    assert all(p.grad is None for p in model.parameters())  # nothing accumulated into .grad
+
+
+# -- ablation ---------------------------------------------------------------------------------
+
+
+def by_hand_zero(model, heads):
+    """Zero ablation written out with plain TransformerLens hooks."""
+    def make(hs):
+        def hook(z, hook):
+            z = z.clone()
+            z[:, :, hs] = 0
+            return z
+        return hook
+    layers = {}
+    for layer, head in heads:
+        layers.setdefault(layer, []).append(head)
+    return [(f"blocks.{layer}.attn.hook_z", make(hs)) for layer, hs in layers.items()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_ablation_equals_hand_written_hooks_and_finds_the_copier(backend):
+    model = cached_planted(SPEC, backend)
+    clean, _, answer, pos = induction_task(n=8)
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos)
+    with torch.no_grad():
+        intact = float(metric(model(clean)))
+        for heads in ([SPEC.induction], [(1, 3)], [(0, 0), (2, 2)]):
+            with hz.ablate(model, heads, method="zero"):
+                ours = model(clean)
+            theirs = model.run_with_hooks(clean, fwd_hooks=by_hand_zero(model, heads))
+            assert (ours - theirs).abs().max() < 1e-5
+        with hz.ablate(model, [SPEC.induction]):
+            broken = float(metric(model(clean)))
+        with hz.ablate(model, [(1, 3)]):
+            kept = float(metric(model(clean)))
+    assert intact > 0.5 and broken < 0.2 * intact and kept > 0.8 * intact, (intact, broken, kept)
+
+
+def test_every_method_runs_and_the_hooks_go_away_even_after_an_error():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task(n=4)
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos)
+    hooks_before = {name: (len(h._forward_hooks), len(getattr(h, "fwd_hooks", []))) for name, h in model.hook_dict.items()}
+    with torch.no_grad():
+        intact = float(metric(model(clean)))
+        for method in ("zero", "mean", "resample", "uniform"):
+            with hz.ablate(model, [SPEC.induction], method=method, reference_tokens=corrupted):
+                assert float(metric(model(clean))) < 0.5 * intact, method
+        with pytest.raises(RuntimeError, match="boom"):
+            with hz.ablate(model, [SPEC.induction]):
+                raise RuntimeError("boom")
+    after = {name: (len(h._forward_hooks), len(getattr(h, "fwd_hooks", []))) for name, h in model.hook_dict.items()}
+    assert after == hooks_before
+    with torch.no_grad():
+        assert float(metric(model(clean))) == pytest.approx(intact)
+
+
+def test_uniform_ablation_makes_the_pattern_uniform():
+    model = cached_planted(SPEC, "bridge")
+    clean, *_ = induction_task(n=2)
+    seen = {}
+
+    def grab(pattern, hook):
+        seen["p"] = pattern.detach().clone()
+
+    layer, head = SPEC.induction
+    hooks = hz.ablation_hooks(model, [SPEC.induction], "uniform") + [(f"blocks.{layer}.attn.hook_pattern", grab)]
+    with torch.no_grad():
+        model.run_with_hooks(clean, fwd_hooks=hooks)
+    p = seen["p"][:, head]
+    seq = clean.shape[1]
+    want = torch.ones(seq, seq).tril() / torch.arange(1, seq + 1)[:, None]
+    assert torch.allclose(p, want.expand_as(p), atol=1e-6)
+
+
+def test_ablation_errors():
+    model = cached_planted(SPEC, "bridge")
+    with pytest.raises(hz.InvalidOptionError, match="outside the model"):
+        hz.ablation_hooks(model, [(9, 0)])
+    with pytest.raises(hz.InvalidOptionError, match="method"):
+        hz.ablation_hooks(model, [(0, 0)], "erase")
+    with pytest.raises(hz.InvalidOptionError, match="reference_tokens"):
+        hz.ablation_hooks(model, [(0, 0)], "mean")
+    with pytest.raises(hz.InvalidOptionError, match="pairs"):
+        hz.ablation_hooks(model, [0, 1])
+    with pytest.raises(hz.InvalidTokensError, match="one"):
+        with torch.no_grad(), hz.ablate(model, [(0, 0)], "resample"):
+            model(torch.tensor([[0, 5, 6]]))

@@ -4,6 +4,7 @@
 """
 
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._ablation import ablate, ablation_hooks
 from headzoo._effects import HeadEffects
 from headzoo._detector import (
     Detector,
@@ -50,6 +51,8 @@ __all__ = [
     "HeadScores",
     "HeadEffects",
     "patching",
+    "ablate",
+    "ablation_hooks",
     "ModelInfo",
     "TransformerLensModel",
     "detect",

@@ -83,6 +83,10 @@ SITES: dict[str, Callable[[bool], Site]] = {
 }
 
 
+#: tokens per forward beyond which a CPU gains nothing from sharing a forward between patches
+_CPU_TOKENS = 1024
+
+
 class _Stop(Exception):
     pass
 
@@ -319,6 +323,10 @@ def run_patching(
     logit_positions = len(run.read) if run.read is not None else seq
     per_copy = 4 * batch * (seq * 6 * info.d_model + logit_positions * vocab_out)
     group = max(1, min(len(per_layer), int(memory_mb * 2**20 // per_copy)))
+    if device.type == "cpu":
+        # On a CPU, batching copies pays only while the forward is small: measured on a GPT-2
+        # block, 96 x 64 tokens cost 1.5x as much per token as 8 x 64 (memory traffic).
+        group = min(group, max(1, _CPU_TOKENS // (batch * seq)))
     index: list[tuple[int, ...]] = []
     values: list[torch.Tensor] = []
     show = progress if progress is not None else len(layers) * len(per_layer) > 64
@@ -366,3 +374,86 @@ def _product(ranges: list[range]) -> list[tuple[int, ...]]:
     for r in ranges:
         out = [t + (i,) for t in out for i in r]
     return out
+
+
+def run_attribution(
+    model: Any,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Metric,
+    site: Site,
+    *,
+    direction: Direction = "denoise",
+    per_example: bool = False,
+) -> dict[str, Any]:
+    """Attribution patching (Nanda 2023; Syed et al. 2023): the first-order estimate of every
+    patch of ``site`` at once, ``metric(receiver) + grad . (donor_act - receiver_act)``, from
+    one forward and one backward pass on the receiving run and one forward on the donor.
+
+    Gradients are taken with ``torch.autograd.grad`` with respect to the activations only,
+    so nothing is accumulated into the model's parameters' ``.grad``.
+    """
+    info = model_info(model)
+    clean = as_tokens(clean_tokens, info, "clean_tokens")
+    corrupted = as_tokens(corrupted_tokens, info, "corrupted_tokens")
+    if clean.shape != corrupted.shape:
+        raise InvalidTokensError(
+            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have the same shape"
+        )
+    if direction not in ("denoise", "noise"):
+        raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
+    if site.layout != ("pos", "head") and site.layout != ("pos", "kv_head") and site.layout != ("pos",):
+        raise InvalidOptionError(f"attribution patching supports head vectors and residual kinds, not {site.name!r}")
+    hooks = {layer: site.hook.format(layer=layer) for layer in range(info.n_layers)}
+    missing = [h for h in hooks.values() if h not in model.hook_dict]
+    if missing:
+        raise MissingHooksError(f"{type(model).__name__} has no hook {missing[0]!r}, which {site.name!r} patching needs")
+    device = torch.device(info.device)
+    receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    batch, seq = clean.shape
+    donor_acts: dict[int, torch.Tensor] = {}
+    leaves: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int) -> Callable:
+        def hook(act: torch.Tensor, hook: Any) -> None:
+            donor_acts[layer] = act.detach().clone()
+        return hook
+
+    def leaf(layer: int) -> Callable:
+        def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            # a fresh leaf: the gradient reaches it even when the parameters are frozen
+            leaves[layer] = act.detach().clone().requires_grad_(True)
+            return leaves[layer]
+        return hook
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hooks[layer], keep(layer)) for layer in hooks]):
+        source = _evaluate(metric, model(donor.to(device)), batch, per_example)
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(hooks[layer], leaf(layer)) for layer in hooks]):
+        value = metric(model(receiver.to(device)))
+        out = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        if per_example and (out.ndim != 1 or out.shape[0] != batch):
+            raise InvalidOptionError(f"metric must return a [batch={batch}] tensor with per_example=True; got {tuple(out.shape)}")
+        if not per_example and out.ndim != 0:
+            raise InvalidOptionError(
+                f"metric must return a scalar tensor; got shape {tuple(out.shape)} (or pass per_example=True)"
+            )
+        if not out.requires_grad:
+            raise InvalidOptionError("attribution patching needs a metric differentiable in the logits")
+        layers = sorted(leaves)
+        grads = torch.autograd.grad(out.sum(), [leaves[layer] for layer in layers], allow_unused=True)
+    baseline = out.detach().double().cpu()
+    index: list[tuple[int, ...]] = []
+    values: list[torch.Tensor] = []
+    by_pos = "pos" in site.axes
+    for layer, grad in zip(layers, grads):
+        diff = donor_acts[layer] - leaves[layer].detach()
+        contrib = torch.zeros_like(diff) if grad is None else grad * diff  # [batch, pos, (head,) d]
+        contrib = contrib.sum(-1)  # [batch, pos, head] or, for the residual kinds, [batch, pos]
+        if not by_pos:
+            contrib = contrib.sum(1)  # [batch, head]
+        contrib = contrib.double().cpu()
+        for idx in _product([range(n) for n in contrib.shape[1:]]):
+            delta = contrib[(slice(None), *idx)]  # [batch]: each example's first-order change
+            values.append(baseline + delta if per_example else baseline + delta.sum())
+            index.append((layer, *idx))
+    return {"index": index, "values": torch.stack(values), "baseline": baseline, "source": source}

@@ -1,0 +1,173 @@
+"""Head ablation: run the model as if some heads were switched off.
+
+Knocking out a head and watching a task degrade is the simplest causal test of what the head
+does (Wang et al. 2022; Olsson et al. 2022). How a head is "switched off" matters:
+
+- ``zero``: its output ``z`` is zeroed (the output bias of the layer stays);
+- ``mean``: ``z`` is replaced by its mean over reference tokens the caller gives, which keeps
+  the head's constant contribution and removes only what depends on the input;
+- ``resample``: ``z`` is taken from another example (of the same batch, or of reference
+  tokens), so the head carries realistic but unrelated information;
+- ``uniform``: the head attends uniformly to every key it may see, which is how the
+  retrieval-head paper masks heads (Wu et al. 2024).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+
+from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError
+from headzoo._models import model_info
+
+__all__ = ["ablate", "ablation_hooks", "AblationMethod"]
+
+AblationMethod = Literal["zero", "mean", "resample", "uniform"]
+_METHODS = ("zero", "mean", "resample", "uniform")
+
+
+def _check_heads(heads: Any, n_layers: int, n_heads: int) -> dict[int, list[int]]:
+    try:
+        pairs = [(int(layer), int(head)) for layer, head in heads]
+    except (TypeError, ValueError):
+        raise InvalidOptionError(f"heads must be a list of (layer, head) pairs; got {heads!r}") from None
+    if not pairs:
+        raise InvalidOptionError("heads is empty; give at least one (layer, head) pair")
+    bad = [p for p in pairs if not (0 <= p[0] < n_layers and 0 <= p[1] < n_heads)]
+    if bad:
+        raise InvalidOptionError(
+            f"heads {bad} are outside the model ({n_layers} layers x {n_heads} heads; both count from 0)"
+        )
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in pairs:
+        by_layer.setdefault(layer, [])
+        if head not in by_layer[layer]:
+            by_layer[layer].append(head)
+    return by_layer
+
+
+def ablation_hooks(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    method: AblationMethod = "zero",
+    *,
+    reference_tokens: Any = None,
+    seed: int = 0,
+) -> list[tuple[str, Callable]]:
+    """The hooks that ablate ``heads``, as ``[(hook_name, fn)]`` for ``run_with_hooks`` or
+    ``model.hooks(fwd_hooks=...)``.
+
+    Args:
+        heads: ``(layer, head)`` pairs (query heads).
+        method: ``"zero"``, ``"mean"`` (needs ``reference_tokens``), ``"resample"`` (from other
+            examples of the batch, or from ``reference_tokens`` when given) or ``"uniform"``.
+        reference_tokens: ``[batch, pos]`` ids: the distribution ``mean`` averages over and
+            ``resample`` draws from.
+        seed: seeds which example ``resample`` takes each example's activations from.
+    """
+    info = model_info(model)
+    if method not in _METHODS:
+        raise InvalidOptionError(f"method must be one of {list(_METHODS)}; got {method!r}")
+    by_layer = _check_heads(heads, info.n_layers, info.n_heads)
+    kind = "pattern" if method == "uniform" else "z"
+    names = {layer: f"blocks.{layer}.attn.hook_{kind}" for layer in by_layer}
+    missing = [n for n in names.values() if n not in model.hook_dict]
+    if missing:
+        raise MissingHooksError(f"{type(model).__name__} has no hook {missing[0]!r}, which {method!r} ablation needs")
+    reference: dict[int, torch.Tensor] = {}
+    if method == "mean" and reference_tokens is None:
+        raise InvalidOptionError("method='mean' needs reference_tokens: the tokens whose mean activation replaces the head's")
+    if reference_tokens is not None and method in ("mean", "resample"):
+        ref = torch.as_tensor(reference_tokens)
+        if ref.ndim == 1:
+            ref = ref[None]
+        if ref.ndim != 2 or ref.is_floating_point() or ref.numel() == 0:
+            raise InvalidTokensError(f"reference_tokens must be integer ids [batch, pos]; got shape {tuple(ref.shape)}")
+        if int(ref.min()) < 0 or int(ref.max()) >= info.d_vocab:
+            raise InvalidTokensError(f"reference_tokens hold ids outside the vocabulary [0, {info.d_vocab - 1}]")
+
+        def keep(layer: int) -> Callable:
+            def hook(z: torch.Tensor, hook: Any) -> None:
+                reference[layer] = z.detach().clone()
+            return hook
+
+        with torch.no_grad(), model.hooks(fwd_hooks=[(names[layer], keep(layer)) for layer in by_layer]):
+            model(ref.long().to(info.device))
+    generator = torch.Generator().manual_seed(seed)
+
+    def make(layer: int) -> Callable:
+        hs = by_layer[layer]
+
+        def zero(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            z = z.clone()
+            z[:, :, hs] = 0.0
+            return z
+
+        def mean(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            z = z.clone()
+            z[:, :, hs] = reference[layer][:, :, hs].mean((0, 1)).to(z.dtype)
+            return z
+
+        def resample(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            z = z.clone()
+            if layer in reference:
+                src = reference[layer]
+                if src.shape[1] != z.shape[1]:
+                    raise InvalidTokensError(
+                        f"resample ablation: reference_tokens have {src.shape[1]} positions but the run has {z.shape[1]}"
+                    )
+                rows = torch.randint(0, src.shape[0], (z.shape[0],), generator=generator)
+                z[:, :, hs] = src[rows.to(src.device)][:, :, hs].to(z.dtype)
+            else:
+                n = z.shape[0]
+                if n < 2:
+                    raise InvalidTokensError(
+                        "resample ablation draws from other examples of the batch, and this batch has one; "
+                        "pass reference_tokens or a larger batch"
+                    )
+                # a random permutation without fixed points: every example gets another's activation
+                shift = int(torch.randint(1, n, (1,), generator=generator))
+                perm = torch.randperm(n, generator=generator)
+                source = perm.roll(shift)[perm.argsort()]
+                z[:, :, hs] = z[source.to(z.device)][:, :, hs]
+            return z
+
+        def uniform(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
+            pattern = pattern.clone()
+            q, k = pattern.shape[-2:]
+            allowed = torch.ones(q, k, dtype=torch.bool, device=pattern.device).tril(k - q)
+            flat = allowed.to(pattern.dtype) / allowed.sum(-1, keepdim=True).clamp_min(1)
+            pattern[:, hs] = flat
+            return pattern
+
+        return {"zero": zero, "mean": mean, "resample": resample, "uniform": uniform}[method]
+
+    return [(names[layer], make(layer)) for layer in by_layer]
+
+
+@contextlib.contextmanager
+def ablate(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    method: AblationMethod = "zero",
+    *,
+    reference_tokens: Any = None,
+    seed: int = 0,
+) -> Iterator[Any]:
+    """Every forward pass inside the ``with`` block runs with ``heads`` ablated.
+
+    Example::
+
+        with hz.ablate(model, heads=[(2, 3)], method="zero"):
+            logits = model(tokens)
+
+    The hooks are TransformerLens hooks added for the block only: they are removed on exit,
+    also when the body raises, and hooks the caller added before are left alone. See
+    :func:`ablation_hooks` for the methods and options; it returns the same hooks as a list.
+    """
+    hooks = ablation_hooks(model, heads, method, reference_tokens=reference_tokens, seed=seed)
+    with model.hooks(fwd_hooks=hooks):
+        yield model
