@@ -44,6 +44,14 @@ def induction_task(n: int = 3, half: int = 6, seed: int = 0):
     return clean, corrupted, r[:, 2], target_pos
 
 
+def pattern_edits_reach_the_output(model, tokens) -> bool:
+    """False on TransformerLens 3.x bridges, whose attention ignores an edited hook_pattern."""
+    with torch.no_grad():
+        base = model(tokens)
+        edited = model.run_with_hooks(tokens, fwd_hooks=[("blocks.2.attn.hook_pattern", lambda p, hook: p * 0 + 0.1)])
+    return not torch.equal(base, edited)
+
+
 def as_tensor(effects: hz.HeadEffects, shape: tuple[int, ...]) -> torch.Tensor:
     frame = effects.to_frame()
     out = torch.full(shape, float("nan"), dtype=torch.float64)
@@ -58,6 +66,10 @@ def test_equals_transformer_lens(backend, kind, by_pos):
     model = cached_planted(SPEC, backend)
     clean, corrupted, answer, pos = induction_task()
     metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos)
+    if kind == "pattern" and not pattern_edits_reach_the_output(model, clean):
+        with pytest.raises(hz.UnsupportedModelError, match="hook_pattern"):
+            hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos=by_pos)
+        return
     _, cache = model.run_with_cache(clean)
     reference = getattr(tl_patching, TL_FUNCTIONS[(kind, by_pos)])(model, corrupted, cache, metric).double()
     effects = hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos=by_pos, progress=False)
@@ -165,8 +177,10 @@ def test_attribution_ranks_like_exact_patching(by_pos):
     approx = hz.patching.attribution_patch_heads(model, clean, corrupted, metric, by_pos=by_pos).to_frame()
     assert exact[["layer", "head"]].equals(approx[["layer", "head"]])
     rho = exact["effect"].rank().corr(approx["effect"].rank())
-    print(f"\n[attribution planted by_pos={by_pos}] Spearman rank correlation with exact patching: {rho:.3f}")
-    assert rho > 0.6
+    r = exact["effect"].corr(approx["effect"])
+    print(f"\n[attribution planted by_pos={by_pos}] Spearman rank correlation with exact patching: {rho:.3f} (Pearson {r:.3f})")
+    # most heads do nothing here, so their ranks are noise; the values must still line up
+    assert r > 0.9 and rho > 0.3
     top_exact = exact.loc[(exact["effect"] - exact["effect"].median()).abs().idxmax(), ["layer", "head"]].tolist()
     top_approx = approx.loc[(approx["effect"] - approx["effect"].median()).abs().idxmax(), ["layer", "head"]].tolist()
     assert top_exact == top_approx == list(SPEC.induction)
@@ -180,7 +194,7 @@ def test_attribution_on_a_random_model_and_its_bookkeeping():
     clean = torch.randint(0, 50, (6, 10), generator=g)
     corrupted = clean.clone()
     corrupted[:, 3] = torch.randint(0, 50, (6,), generator=g)
-    metric = hz.patching.logit_diff(clean[:, -1], corrupted[:, -1], per_example=True)
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1], per_example=True)  # depends on the inputs
     exact = hz.patching.patch_heads(model, clean, corrupted, metric, per_example=True)
     approx = hz.patching.attribution_patch_heads(model, clean, corrupted, metric, per_example=True)
     rho = exact.to_frame()["effect"].rank().corr(approx.to_frame()["effect"].rank())
@@ -246,22 +260,30 @@ def test_every_method_runs_and_the_hooks_go_away_even_after_an_error():
         assert float(metric(model(clean))) == pytest.approx(intact)
 
 
-def test_uniform_ablation_makes_the_pattern_uniform():
-    model = cached_planted(SPEC, "bridge")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uniform_ablation_equals_uniform_attention(backend):
+    """The head's output must be what a uniform causal pattern gives: the running mean of v."""
+    model = cached_planted(SPEC, backend)
     clean, *_ = induction_task(n=2)
+    layer, head = SPEC.induction
     seen = {}
 
-    def grab(pattern, hook):
-        seen["p"] = pattern.detach().clone()
+    def grab(name):
+        def hook(act, hook):
+            seen[name] = act.detach().clone()
+        return hook
 
-    layer, head = SPEC.induction
-    hooks = hz.ablation_hooks(model, [SPEC.induction], "uniform") + [(f"blocks.{layer}.attn.hook_pattern", grab)]
+    hooks = hz.ablation_hooks(model, [SPEC.induction], "uniform")
+    hooks += [(f"blocks.{layer}.attn.hook_v", grab("v")), (f"blocks.{layer}.attn.hook_z", grab("z"))]
     with torch.no_grad():
         model.run_with_hooks(clean, fwd_hooks=hooks)
-    p = seen["p"][:, head]
+        intact = model.run_with_hooks(clean, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", grab("z0"))])
     seq = clean.shape[1]
-    want = torch.ones(seq, seq).tril() / torch.arange(1, seq + 1)[:, None]
-    assert torch.allclose(p, want.expand_as(p), atol=1e-6)
+    uniform = torch.ones(seq, seq).tril() / torch.arange(1, seq + 1)[:, None]
+    want = torch.einsum("qk,bkd->bqd", uniform, seen["v"][:, :, head])
+    assert torch.allclose(seen["z"][:, :, head], want, atol=1e-5)
+    other = [h for h in range(SPEC.n_heads) if h != head]
+    assert torch.equal(seen["z"][:, :, other], seen["z0"][:, :, other])
 
 
 def test_ablation_errors():

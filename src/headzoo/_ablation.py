@@ -8,8 +8,9 @@ does (Wang et al. 2022; Olsson et al. 2022). How a head is "switched off" matter
   the head's constant contribution and removes only what depends on the input;
 - ``resample``: ``z`` is taken from another example (of the same batch, or of reference
   tokens), so the head carries realistic but unrelated information;
-- ``uniform``: the head attends uniformly to every key it may see, which is how the
-  retrieval-head paper masks heads (Wu et al. 2024).
+- ``uniform``: the head attends uniformly to every key it may see (its output becomes the
+  running mean of its values), which is how the retrieval-head paper masks heads (Wu et al.
+  2024). Causal attention is assumed: every query sees the keys up to itself.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def _check_heads(heads: Any, n_layers: int, n_heads: int) -> dict[int, list[int]
 
 def ablation_hooks(
     model: Any,
-    heads: Sequence[tuple[int, int]],
-    method: AblationMethod = "zero",
+    heads: Any,
+    method: AblationMethod | str = "zero",
     *,
     reference_tokens: Any = None,
     seed: int = 0,
@@ -72,9 +73,10 @@ def ablation_hooks(
     if method not in _METHODS:
         raise InvalidOptionError(f"method must be one of {list(_METHODS)}; got {method!r}")
     by_layer = _check_heads(heads, info.n_layers, info.n_heads)
-    kind = "pattern" if method == "uniform" else "z"
-    names = {layer: f"blocks.{layer}.attn.hook_{kind}" for layer in by_layer}
-    missing = [n for n in names.values() if n not in model.hook_dict]
+    names = {layer: f"blocks.{layer}.attn.hook_z" for layer in by_layer}
+    values = {layer: f"blocks.{layer}.attn.hook_v" for layer in by_layer}
+    needed = list(names.values()) + (list(values.values()) if method == "uniform" else [])
+    missing = [n for n in needed if n not in model.hook_dict]
     if missing:
         raise MissingHooksError(f"{type(model).__name__} has no hook {missing[0]!r}, which {method!r} ablation needs")
     reference: dict[int, torch.Tensor] = {}
@@ -135,24 +137,38 @@ def ablation_hooks(
                 z[:, :, hs] = z[source.to(z.device)][:, :, hs]
             return z
 
-        def uniform(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
-            pattern = pattern.clone()
-            q, k = pattern.shape[-2:]
-            allowed = torch.ones(q, k, dtype=torch.bool, device=pattern.device).tril(k - q)
-            flat = allowed.to(pattern.dtype) / allowed.sum(-1, keepdim=True).clamp_min(1)
-            pattern[:, hs] = flat
-            return pattern
+        def uniform(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            # Uniform attention over the keys a query may see makes z the running mean of the
+            # values. Computing it from v (kept by the hook below) works on every model class,
+            # including bridges where edits to hook_pattern do not reach the output.
+            v = seen_v.pop(layer)  # [batch, pos, kv_head, d_head]
+            group = info.n_heads // v.shape[2]
+            counts = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)[None, :, None, None]
+            running = v.cumsum(1) / counts
+            z = z.clone()
+            z[:, :, hs] = running[:, :, [h // group for h in hs]].to(z.dtype)
+            return z
 
         return {"zero": zero, "mean": mean, "resample": resample, "uniform": uniform}[method]
 
-    return [(names[layer], make(layer)) for layer in by_layer]
+    seen_v: dict[int, torch.Tensor] = {}
+
+    def keep_v(layer: int) -> Callable:
+        def hook(v: torch.Tensor, hook: Any) -> None:
+            seen_v[layer] = v
+        return hook
+
+    hooks = [(names[layer], make(layer)) for layer in by_layer]
+    if method == "uniform":
+        hooks = [(values[layer], keep_v(layer)) for layer in by_layer] + hooks
+    return hooks
 
 
 @contextlib.contextmanager
 def ablate(
     model: Any,
-    heads: Sequence[tuple[int, int]],
-    method: AblationMethod = "zero",
+    heads: Any,
+    method: AblationMethod | str = "zero",
     *,
     reference_tokens: Any = None,
     seed: int = 0,

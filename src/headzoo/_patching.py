@@ -295,6 +295,21 @@ def run_patching(
         source = _evaluate(metric, run.full(donor, [(hooks[layer], keep(donor_acts, layer)) for layer in layers]), batch, per_example)
         base_logits = run.full(receiver, [(resid_names[layer], keep(resid, layer)) for layer in layers] if can_reuse else [])
         baseline = _evaluate(metric, base_logits, batch, per_example)
+    if site.name == "pattern":
+        # On TransformerLens 3.x bridges an edited hook_pattern never reaches the output, so
+        # every patch would silently return the baseline: check that an edit shows.
+        def flatten(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
+            return torch.full_like(pattern, 1.0 / pattern.shape[-1])
+
+        with torch.no_grad():
+            edited = run.full(receiver, [(hooks[layers[-1]], flatten)])
+        if torch.equal(edited, base_logits):
+            raise UnsupportedModelError(
+                f"editing {hooks[layers[-1]]} does not change this {type(model).__name__}'s output "
+                "(TransformerLens 3.x bridges compute attention without reading the hooked pattern), "
+                "so pattern patching would only return the baseline. Use TransformerLens 4.x, a "
+                "HookedTransformer, or patch 'z', 'q', 'k' or 'v' instead."
+            )
     if explicit is not None:
         masked = torch.full_like(base_logits, float("nan"))
         masked[:, explicit] = base_logits[:, explicit]
