@@ -299,3 +299,42 @@ def test_ablation_errors():
     with pytest.raises(hz.InvalidTokensError, match="one"):
         with torch.no_grad(), hz.ablate(model, [(0, 0)], "resample"):
             model(torch.tensor([[0, 5, 6]]))
+
+
+@pytest.mark.parametrize("kind,tl_name", [("k", "get_act_patch_attn_head_k_all_pos"), ("v", "get_act_patch_attn_head_v_by_pos"),
+                                          ("z", "get_act_patch_attn_head_out_all_pos"), ("q", "get_act_patch_attn_head_q_all_pos")])
+def test_grouped_query_models_are_patched_like_transformer_lens(kind, tl_name):
+    from test_effective_embedding import random_model
+
+    model = random_model("bridge", seed=5, normalization_type="RMS", n_key_value_heads=2, positional_embedding_type="rotary")
+    g = torch.Generator().manual_seed(2)
+    clean = torch.randint(0, 50, (3, 9), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.randint(0, 50, (3,), generator=g)
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    _, cache = model.run_with_cache(clean)
+    reference = getattr(tl_patching, tl_name)(model, corrupted, cache, metric).double()
+    effects = hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos="by_pos" in tl_name)
+    assert (as_tensor(effects, tuple(reference.shape)) - reference).abs().max() < 1e-4
+    if kind in ("k", "v"):
+        assert effects.to_frame()["kv_head"].max() == 1  # two key-value heads, as TransformerLens indexes them
+
+
+def test_a_model_without_the_hook_is_refused():
+    model = cached_planted(SPEC, "bridge")
+    clean, corrupted, answer, pos = induction_task()
+
+    class Hidden:  # the same model, minus every hook_z
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            if name == "hook_dict":
+                return {k: v for k, v in self._inner.hook_dict.items() if not k.endswith("hook_z")}
+            return getattr(self._inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self._inner(*args, **kwargs)
+
+    with pytest.raises(hz.MissingHooksError, match="hook_z"):
+        hz.patching.patch_heads(Hidden(model), clean, corrupted, hz.patching.logit_diff(answer, answer + 1, pos=pos))
