@@ -12,7 +12,7 @@ from typing import Any, final
 import numpy as np
 import pandas as pd
 
-from headzoo._results import _colour, _normalise, _write_atomic
+from headzoo._results import _colour, _normalise, _save_parquet
 
 __all__ = ["HeadEffects"]
 
@@ -168,17 +168,10 @@ class HeadEffects:
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write Parquet: the frame, the metadata and any per-example values."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = Path(path)
-        table = pa.Table.from_pandas(self._frame, preserve_index=False)
         extra = {b"headzoo": json.dumps(self._meta).encode()}
         if self._examples is not None:
             extra[b"headzoo_examples"] = json.dumps(self._examples.tolist()).encode()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-        _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
-        return path
+        return _save_parquet(self._frame, extra, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HeadEffects:

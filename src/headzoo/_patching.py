@@ -223,6 +223,39 @@ def _evaluate(metric: Metric, logits: torch.Tensor, batch: int, per_example: boo
     return out.detach().double().cpu()
 
 
+def _prepare(
+    model: Any, clean_tokens: Any, corrupted_tokens: Any, direction: str, site: Site, layers: Sequence[int] | None
+) -> tuple[ModelInfo, torch.Tensor, torch.Tensor, list[int], dict[int, str]]:
+    """Checks shared by exact and attribution patching: tokens, direction, layers, hooks.
+
+    Returns the model info, the receiving and donor tokens (on the model's device), the
+    layers and each layer's hook name.
+    """
+    info = model_info(model)
+    clean = as_tokens(clean_tokens, info, "clean_tokens")
+    corrupted = as_tokens(corrupted_tokens, info, "corrupted_tokens")
+    if clean.shape != corrupted.shape:
+        raise InvalidTokensError(
+            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have "
+            "the same shape: each patch moves an activation between matching positions"
+        )
+    if direction not in ("denoise", "noise"):
+        raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
+    layers = list(range(info.n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < info.n_layers]
+    if bad or not layers:
+        raise InvalidOptionError(f"layers {bad or layers} are out of range for a model with {info.n_layers} layers")
+    hooks = {layer: site.hook.format(layer=layer) for layer in layers}
+    missing = [h for h in hooks.values() if h not in model.hook_dict]
+    if missing:
+        raise MissingHooksError(
+            f"{type(model).__name__} has no hook {missing[0]!r}, which {site.name!r} patching needs"
+        )
+    device = torch.device(info.device)
+    receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    return info, receiver.to(device), donor.to(device), layers, hooks
+
+
 def run_patching(
     model: Any,
     clean_tokens: Any,
@@ -244,40 +277,19 @@ def run_patching(
     run that receives the patches), ``source`` (on the run the patches come from) and what the
     engine did (``reused_layers``, ``patches_per_forward``, ``read_positions``).
     """
-    info = model_info(model)
-    clean = as_tokens(clean_tokens, info, "clean_tokens")
-    corrupted = as_tokens(corrupted_tokens, info, "corrupted_tokens")
-    if clean.shape != corrupted.shape:
-        raise InvalidTokensError(
-            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have "
-            "the same shape: each patch moves an activation between matching positions"
-        )
-    if direction not in ("denoise", "noise"):
-        raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
     if not callable(metric):
         raise InvalidOptionError(f"metric must be a function of the logits; got {type(metric).__name__}")
     if not memory_mb > 0:
         raise InvalidOptionError(f"memory_mb must be positive; got {memory_mb}")
-    layers = list(range(info.n_layers)) if layers is None else [int(x) for x in layers]
-    bad = [x for x in layers if not 0 <= x < info.n_layers]
-    if bad or not layers:
-        raise InvalidOptionError(f"layers {bad or layers} are out of range for a model with {info.n_layers} layers")
-    batch, seq = clean.shape
+    info, receiver, donor, layers, hooks = _prepare(model, clean_tokens, corrupted_tokens, direction, site, layers)
+    batch, seq = receiver.shape
     explicit: list[int] | None = None
     if positions not in (None, "auto"):
         items = [positions] if isinstance(positions, int) else list(positions)  # type: ignore[arg-type]
         if not items or any(not isinstance(p, int) or not -seq <= p < seq for p in items):
             raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
         explicit = sorted({p % seq for p in items})
-    hooks = {layer: site.hook.format(layer=layer) for layer in layers}
-    missing = [h for h in hooks.values() if h not in model.hook_dict]
-    if missing:
-        raise MissingHooksError(
-            f"{type(model).__name__} has no hook {missing[0]!r}, which {site.name!r} patching needs"
-        )
     device = torch.device(info.device)
-    receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
-    receiver, donor = receiver.to(device), donor.to(device)
     run = _Runner(model, info)
 
     donor_acts: dict[int, torch.Tensor] = {}
@@ -408,24 +420,10 @@ def run_attribution(
     Gradients are taken with ``torch.autograd.grad`` with respect to the activations only,
     so nothing is accumulated into the model's parameters' ``.grad``.
     """
-    info = model_info(model)
-    clean = as_tokens(clean_tokens, info, "clean_tokens")
-    corrupted = as_tokens(corrupted_tokens, info, "corrupted_tokens")
-    if clean.shape != corrupted.shape:
-        raise InvalidTokensError(
-            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have the same shape"
-        )
-    if direction not in ("denoise", "noise"):
-        raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
-    if site.layout != ("pos", "head") and site.layout != ("pos", "kv_head") and site.layout != ("pos",):
+    if site.layout not in (("pos", "head"), ("pos", "kv_head"), ("pos",)):
         raise InvalidOptionError(f"attribution patching supports head vectors and residual kinds, not {site.name!r}")
-    hooks = {layer: site.hook.format(layer=layer) for layer in range(info.n_layers)}
-    missing = [h for h in hooks.values() if h not in model.hook_dict]
-    if missing:
-        raise MissingHooksError(f"{type(model).__name__} has no hook {missing[0]!r}, which {site.name!r} patching needs")
-    device = torch.device(info.device)
-    receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
-    batch, seq = clean.shape
+    info, receiver, donor, _, hooks = _prepare(model, clean_tokens, corrupted_tokens, direction, site, None)
+    batch, seq = receiver.shape
     donor_acts: dict[int, torch.Tensor] = {}
     leaves: dict[int, torch.Tensor] = {}
 
@@ -442,9 +440,9 @@ def run_attribution(
         return hook
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(hooks[layer], keep(layer)) for layer in hooks]):
-        source = _evaluate(metric, model(donor.to(device)), batch, per_example)
+        source = _evaluate(metric, model(donor), batch, per_example)
     with torch.enable_grad(), model.hooks(fwd_hooks=[(hooks[layer], leaf(layer)) for layer in hooks]):
-        value = metric(model(receiver.to(device)))
+        value = metric(model(receiver))
         out = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         if per_example and (out.ndim != 1 or out.shape[0] != batch):
             raise InvalidOptionError(f"metric must return a [batch={batch}] tensor with per_example=True; got {tuple(out.shape)}")

@@ -35,6 +35,18 @@ def _write_atomic(path: Path, write: Any) -> None:
         raise
 
 
+def _save_parquet(frame: pd.DataFrame, extra: dict[bytes, bytes], path: str | os.PathLike[str]) -> Path:
+    """Write ``frame`` as Parquet with ``extra`` in its schema metadata, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
 def _colour(value: float, lo: float, hi: float) -> str:
     if value != value:  # NaN
         return "#eeeeee"
@@ -235,16 +247,12 @@ class HeadScores:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = Path(path)
-        table = pa.Table.from_pandas(self._frame, preserve_index=False)
         extra = {b"headzoo": json.dumps(self._meta).encode()}
         for name, details in self._details.items():  # each breakdown as an embedded Parquet table
             sink = pa.BufferOutputStream()
             pq.write_table(pa.Table.from_pandas(details, preserve_index=False), sink)
             extra[f"headzoo_details/{name}".encode()] = sink.getvalue().to_pybytes()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-        _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
-        return path
+        return _save_parquet(self._frame, extra, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HeadScores:

@@ -241,26 +241,24 @@ def logit_diff(correct: Any, wrong: Any, *, pos: int = -1, per_example: bool = F
     return metric
 
 
-def prob(answer: Any, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The probability of ``answer`` at position ``pos``."""
+def _answer_score(answer: Any, pos: int, per_example: bool, score: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
     a = _answers(answer, "answer")
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        last = _at(logits, pos).float().softmax(-1)
+        last = score(_at(logits, pos).float())
         return _finish(last[torch.arange(last.shape[0], device=last.device), a.to(last.device)], per_example)
 
     return metric
+
+
+def prob(answer: Any, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The probability of ``answer`` at position ``pos``."""
+    return _answer_score(answer, pos, per_example, lambda x: x.softmax(-1))
 
 
 def log_prob(answer: Any, *, pos: int = -1, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """The log-probability of ``answer`` at position ``pos``."""
-    a = _answers(answer, "answer")
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        last = _at(logits, pos).float().log_softmax(-1)
-        return _finish(last[torch.arange(last.shape[0], device=last.device), a.to(last.device)], per_example)
-
-    return metric
+    return _answer_score(answer, pos, per_example, lambda x: x.log_softmax(-1))
 
 
 def loss(tokens: Any, *, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
