@@ -16,7 +16,7 @@ does (Wang et al. 2022; Olsson et al. 2022). How a head is "switched off" matter
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float
 
 from headzoo._errors import UnsupportedModelError
 

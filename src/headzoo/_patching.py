@@ -20,12 +20,11 @@ headzoo computes exactly what ``transformer_lens.patching`` does, but by design 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError, UnsupportedModelError
@@ -201,8 +200,7 @@ def _read_positions(metric: Metric, logits: torch.Tensor, value: torch.Tensor, p
     masked[:, read] = logits[:, read]
     with torch.no_grad():
         again = torch.as_tensor(metric(masked)).detach().double().cpu()
-    same = torch.equal(again, value) or bool(torch.allclose(again, value, rtol=0, atol=0, equal_nan=False))
-    return read if same else None
+    return read if torch.equal(again, value) else None
 
 
 def _evaluate(metric: Metric, logits: torch.Tensor, batch: int, per_example: bool, name: str = "metric") -> torch.Tensor:
