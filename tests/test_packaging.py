@@ -16,7 +16,7 @@ from headzoo._registry import builtin_detectors_dir
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = [
     "copy_suppression", "copying", "current_token", "duplicate_token", "first_token", "induction",
-    "previous_token", "successor",
+    "previous_token", "retrieval", "successor",
 ]
 #: registered names: copying.py holds both copying and negative_copying
 REGISTERED = sorted([*BUILTINS, "negative_copying"])

@@ -27,7 +27,9 @@ from headzoo._errors import (
     UnknownDetectorError,
     UnsupportedModelError,
 )
+from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
+from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
 from headzoo._ordinal import ORDINAL_LISTS, OrdinalTask, ordinal_tasks
 from headzoo._ordinal import as_tasks as as_ordinal_tasks
 from headzoo._probes import RepeatedTokens
@@ -48,6 +50,12 @@ __all__ = [
     "DetectorOutput",
     "Metrics",
     "RepeatedTokens",
+    "NeedleHaystack",
+    "NeedleTrials",
+    "NeedleRun",
+    "decode_needles",
+    "retrieval_masking",
+    "MaskingCurve",
     "HeadScores",
     "HeadEffects",
     "patching",

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError
@@ -50,6 +51,34 @@ def _check_heads(heads: Any, n_layers: int, n_heads: int) -> dict[int, list[int]
     return by_layer
 
 
+def _check_positions(positions: Any) -> Callable[[int, torch.device], torch.Tensor | None]:
+    """``positions`` as ``(n_positions, device) -> index tensor`` (``None``: every position)."""
+    if positions is None:
+        return lambda n, device: None
+    if isinstance(positions, slice):
+        return lambda n, device: torch.arange(n, device=device)[positions]
+    if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
+        items = [int(positions)]
+    else:
+        try:
+            items = [int(p) for p in positions]
+            ok = all(not isinstance(p, bool) and float(p) == int(p) for p in positions)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or not items:
+            raise InvalidOptionError(
+                f"positions must be None, an index, a slice or a non-empty list of indices; got {positions!r}"
+            )
+
+    def pick(n: int, device: torch.device) -> torch.Tensor:
+        bad = [p for p in items if not -n <= p < n]
+        if bad:
+            raise InvalidOptionError(f"positions {bad} are outside the {n} positions of this forward pass")
+        return torch.tensor([p % n for p in items], device=device)
+
+    return pick
+
+
 def ablation_hooks(
     model: Any,
     heads: Any,
@@ -57,6 +86,7 @@ def ablation_hooks(
     *,
     reference_tokens: Any = None,
     seed: int = 0,
+    positions: Any = None,
 ) -> list[tuple[str, Callable]]:
     """The hooks that ablate ``heads``, as ``[(hook_name, fn)]`` for ``run_with_hooks`` or
     ``model.hooks(fwd_hooks=...)``.
@@ -68,8 +98,12 @@ def ablation_hooks(
         reference_tokens: ``[batch, pos]`` ids: the distribution ``mean`` averages over and
             ``resample`` draws from.
         seed: seeds which example ``resample`` takes each example's activations from.
+        positions: the query positions to ablate: ``None`` for all, an index, a ``slice``
+            (``slice(n - 1, None)``: the last position of an ``n``-token prompt and every
+            token generated after it), or a list of indices. Other positions run unchanged.
     """
     info = model_info(model)
+    where = _check_positions(positions)
     if method not in _METHODS:
         raise InvalidOptionError(f"method must be one of {list(_METHODS)}; got {method!r}")
     by_layer = _check_heads(heads, info.n_layers, info.n_heads)
@@ -103,18 +137,26 @@ def ablation_hooks(
     def make(layer: int) -> Callable:
         hs = by_layer[layer]
 
-        def zero(z: torch.Tensor, hook: Any) -> torch.Tensor:
+        def put(z: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
+            """``z`` with heads ``hs`` set to ``value`` ``[batch, pos, head, d_head]`` at the chosen positions."""
             z = z.clone()
-            z[:, :, hs] = 0.0
+            pos = where(z.shape[1], z.device)
+            if pos is None:
+                z[:, :, hs] = value if isinstance(value, float) else value.to(z.dtype)
+            else:
+                if not isinstance(value, float) and value.ndim == 4:
+                    value = value[:, pos]
+                z[:, pos[:, None], torch.tensor(hs, device=z.device)[None, :]] = (
+                    value if isinstance(value, float) else value.to(z.dtype))
             return z
+
+        def zero(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            return put(z, 0.0)
 
         def mean(z: torch.Tensor, hook: Any) -> torch.Tensor:
-            z = z.clone()
-            z[:, :, hs] = reference[layer][:, :, hs].mean((0, 1)).to(z.dtype)
-            return z
+            return put(z, reference[layer][:, :, hs].mean((0, 1)))
 
         def resample(z: torch.Tensor, hook: Any) -> torch.Tensor:
-            z = z.clone()
             if layer in reference:
                 src = reference[layer]
                 if src.shape[1] != z.shape[1]:
@@ -122,7 +164,7 @@ def ablation_hooks(
                         f"resample ablation: reference_tokens have {src.shape[1]} positions but the run has {z.shape[1]}"
                     )
                 rows = torch.randint(0, src.shape[0], (z.shape[0],), generator=generator)
-                z[:, :, hs] = src[rows.to(src.device)][:, :, hs].to(z.dtype)
+                return put(z, src[rows.to(src.device)][:, :, hs])
             else:
                 n = z.shape[0]
                 if n < 2:
@@ -134,8 +176,7 @@ def ablation_hooks(
                 shift = int(torch.randint(1, n, (1,), generator=generator))
                 perm = torch.randperm(n, generator=generator)
                 source = perm.roll(shift)[perm.argsort()]
-                z[:, :, hs] = z[source.to(z.device)][:, :, hs]
-            return z
+                return put(z, z[source.to(z.device)][:, :, hs])
 
         def uniform(z: torch.Tensor, hook: Any) -> torch.Tensor:
             # Uniform attention over the keys a query may see makes z the running mean of the
@@ -145,9 +186,7 @@ def ablation_hooks(
             group = info.n_heads // v.shape[2]
             counts = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)[None, :, None, None]
             running = v.cumsum(1) / counts
-            z = z.clone()
-            z[:, :, hs] = running[:, :, [h // group for h in hs]].to(z.dtype)
-            return z
+            return put(z, running[:, :, [h // group for h in hs]])
 
         return {"zero": zero, "mean": mean, "resample": resample, "uniform": uniform}[method]
 
@@ -172,6 +211,7 @@ def ablate(
     *,
     reference_tokens: Any = None,
     seed: int = 0,
+    positions: Any = None,
 ) -> Iterator[Any]:
     """Every forward pass inside the ``with`` block runs with ``heads`` ablated.
 
@@ -184,6 +224,6 @@ def ablate(
     also when the body raises, and hooks the caller added before are left alone. See
     :func:`ablation_hooks` for the methods and options; it returns the same hooks as a list.
     """
-    hooks = ablation_hooks(model, heads, method, reference_tokens=reference_tokens, seed=seed)
+    hooks = ablation_hooks(model, heads, method, reference_tokens=reference_tokens, seed=seed, positions=positions)
     with model.hooks(fwd_hooks=hooks):
         yield model

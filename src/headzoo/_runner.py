@@ -23,7 +23,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from headzoo._circuits import WeightCircuits
-from headzoo._detector import Detector, DetectorOutput, PatternDetector
+from headzoo._detector import Detector, DetectorOutput, PatternDetector, WeightDetector
 from headzoo._errors import (
     DetectorNotApplicableError,
     InvalidOptionError,
@@ -96,10 +96,10 @@ def detect(
     skipped: dict[str, str] = {}
     for det in list(selected):
         if not isinstance(det, PatternDetector):
-            if circuits is None:
+            if circuits is None and isinstance(det, WeightDetector):
                 circuits = WeightCircuits(model, progress=progress)
             try:
-                output = det.compute(model, progress=progress, circuits=circuits)
+                output = det.compute(model, progress=progress, circuits=circuits if isinstance(det, WeightDetector) else None)
             except DetectorNotApplicableError as exc:
                 if explicit:
                     raise

@@ -1,0 +1,220 @@
+"""The masking experiment of the retrieval-head paper: mask the top-K retrieval heads, or K
+random other heads, while the model decodes needles, and watch retrieval accuracy.
+
+Wu et al. (2024, arXiv 2404.15574, figure 6) find that masking the few retrieval heads breaks
+needle-in-a-haystack retrieval while masking as many random heads barely matters: the causal
+evidence that the score finds the heads that do the copying. Masking here means uniform
+attention at every query that emits a token (the paper's), or zeroing the head's output there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from headzoo._errors import InvalidOptionError
+from headzoo._models import library_versions, model_info
+from headzoo._needle import NeedleHaystack, decode_needles
+
+__all__ = ["retrieval_masking", "MaskingCurve"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskingCurve:
+    """Needle-retrieval accuracy with the top-K retrieval heads masked, beside K random heads.
+
+    Attributes:
+        frame: one row per run: ``method, k, heads ("none" | "top" | "random"), draw, accuracy
+            (mean answer recall), retrieved (share of trials above min_recall), masked`` (the
+            heads, as ``"L2H3 L0H1"``).
+        meta: model, probe, the scores used to rank heads, seeds and decoding mode.
+    """
+
+    frame: pd.DataFrame
+    meta: dict[str, Any]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The tidy table (a copy)."""
+        return self.frame.copy()
+
+    def summary(self) -> pd.DataFrame:
+        """Mean, spread and count of ``accuracy`` per ``method, heads, k`` (over random draws)."""
+        g = self.frame.groupby(["method", "heads", "k"])["accuracy"]
+        out = g.agg(["mean", "std", "min", "max", "count"]).reset_index()
+        out["std"] = out["std"].fillna(0.0)
+        return out
+
+    def plot(self) -> Any:
+        """Accuracy against K, top heads beside random heads (mean and min-max band), one panel
+        per masking method, as a plotly ``Figure`` (returned, never shown)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        summary = self.summary()
+        methods = list(dict.fromkeys(self.frame["method"]))
+        fig = make_subplots(rows=1, cols=len(methods), subplot_titles=[f"{m} masking" for m in methods],
+                            shared_yaxes=True, horizontal_spacing=0.06)
+        colours = {"top": "#c0392b", "random": "#2c7fb8"}
+        for col, method in enumerate(methods, start=1):
+            part = summary[summary["method"] == method]
+            base = part[part["heads"] == "none"]
+            for kind in ("top", "random"):
+                rows = pd.concat([base, part[part["heads"] == kind]]).sort_values("k")
+                label = "top-K retrieval heads" if kind == "top" else "K random other heads"
+                if kind == "random" and len(rows):
+                    fig.add_trace(go.Scatter(
+                        x=list(rows["k"]) + list(rows["k"])[::-1], y=list(rows["max"]) + list(rows["min"])[::-1],
+                        fill="toself", fillcolor="rgba(44,127,184,0.15)", line={"width": 0}, hoverinfo="skip",
+                        showlegend=False, legendgroup=kind,
+                    ), row=1, col=col)
+                fig.add_trace(go.Scatter(
+                    x=rows["k"], y=rows["mean"], mode="lines+markers", name=label, legendgroup=kind,
+                    showlegend=col == 1, line={"color": colours[kind]},
+                    hovertemplate=f"{label}<br>K %{{x}}<br>accuracy %{{y:.3f}}<extra>{method}</extra>",
+                ), row=1, col=col)
+            fig.update_xaxes(title_text="K heads masked", row=1, col=col)
+        fig.update_yaxes(title_text="needle retrieval accuracy", range=[-0.02, 1.02], row=1, col=1)
+        fig.update_layout(title=f"headzoo: masking retrieval heads of {self.meta.get('model', {}).get('name', 'model')}",
+                          height=420, width=max(480, 420 * len(methods)))
+        return fig
+
+    def __repr__(self) -> str:
+        ks = sorted(k for k in self.frame["k"].unique() if k > 0)
+        return f"MaskingCurve(methods {list(dict.fromkeys(self.frame['method']))}, K {ks}, {self.meta['n_random']} random draws)"
+
+    def _repr_html_(self) -> str:
+        table = self.summary().to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True)
+        return f"<div><p>{html.escape(repr(self))}</p>{table}</div>"
+
+
+def _ranking(scores: Any, n_layers: int, n_heads: int) -> tuple[torch.Tensor, str]:
+    """Retrieval scores ``[layer, head]`` from a HeadScores, a frame or a tensor."""
+    from headzoo._results import HeadScores
+
+    if isinstance(scores, HeadScores):
+        if "retrieval" not in scores.detectors:
+            raise InvalidOptionError(
+                f"scores has no 'retrieval' detector (it has {scores.detectors}); pass "
+                "hz.detect(model, 'retrieval') or leave scores=None"
+            )
+        matrix = torch.tensor(scores.matrix("retrieval").to_numpy(dtype=float))
+        source = "HeadScores"
+    else:
+        try:
+            matrix = torch.as_tensor(np.asarray(scores, dtype=float))
+        except (TypeError, ValueError):
+            raise InvalidOptionError(f"scores must be hz.HeadScores or a [layer, head] array; got {type(scores).__name__}") from None
+        source = "array"
+    if tuple(matrix.shape) != (n_layers, n_heads):
+        raise InvalidOptionError(f"scores has shape {tuple(matrix.shape)}; the model has {n_layers} layers x {n_heads} heads")
+    return torch.nan_to_num(matrix.double(), nan=-np.inf), source
+
+
+def retrieval_masking(
+    model: Any,
+    *,
+    k: int | Sequence[int] | None = None,
+    methods: Sequence[str] = ("uniform", "zero"),
+    n_random: int = 5,
+    scores: Any = None,
+    probe: NeedleHaystack | None = None,
+    min_recall: float = 0.5,
+    batch_size: int = 4,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> MaskingCurve:
+    """Mask the top-K retrieval heads and K random other heads while decoding needles.
+
+    Args:
+        k: the numbers of heads to mask. ``None``: 1, 2, 4, ... up to half the heads (and half
+            the heads itself).
+        methods: ``"uniform"`` (the paper's masking: uniform attention) and/or ``"zero"``.
+        n_random: random draws of K heads per K, from the heads outside the top K.
+        scores: how to rank heads: ``hz.HeadScores`` holding ``retrieval`` or a ``[layer, head]``
+            array. ``None``: scored here, on the same trials the accuracy is measured on.
+        probe: the needle probe (default ``hz.NeedleHaystack()``).
+        min_recall: a trial counts as retrieved when its answer recall is above this.
+        seed: seeds the random draws.
+
+    Returns:
+        :class:`MaskingCurve`; its ``k = 0`` rows are the unmasked model.
+    """
+    info = model_info(model)
+    total = info.n_layers * info.n_heads
+    probe = NeedleHaystack() if probe is None else probe
+    if not isinstance(probe, NeedleHaystack):
+        raise InvalidOptionError(f"probe must be hz.NeedleHaystack; got {type(probe).__name__}")
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    bad = [m for m in methods if m not in ("uniform", "zero")]
+    if not methods or bad:
+        raise InvalidOptionError(f"methods must be a non-empty list of 'uniform' and 'zero'; got {methods!r}")
+    if not isinstance(n_random, int) or isinstance(n_random, bool) or n_random < 1:
+        raise InvalidOptionError(f"n_random must be a positive integer; got {n_random!r}")
+    if k is None:
+        ks = [2**i for i in range(total.bit_length()) if 2**i <= total // 2]
+        if total // 2 >= 1 and total // 2 not in ks:
+            ks.append(total // 2)
+    else:
+        ks = [k] if isinstance(k, int) else list(k)
+        if not ks or any(not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x < 1 for x in ks):
+            raise InvalidOptionError(f"k must be positive integers; got {k!r}")
+        ks = sorted({int(x) for x in ks})
+    too_big = [x for x in ks if 2 * x > total]
+    if too_big or not ks:
+        raise InvalidOptionError(
+            f"k {too_big or ks} leaves too few other heads to draw K random ones from: the model has {total} "
+            f"heads, so K can be at most {total // 2}"
+        )
+    trials = probe.build(model)
+    show = progress if progress is not None else True
+    base = decode_needles(model, trials, batch_size=batch_size, progress=False)
+    if scores is None:
+        ranking, source = base.head_scores(min_recall), "scored on the same trials"
+    else:
+        ranking, source = _ranking(scores, info.n_layers, info.n_heads)
+    flat = ranking.reshape(-1)
+    # highest first; ties in (layer, head) order, so the ranking is deterministic
+    order = sorted(range(total), key=lambda i: (-float(flat[i]), i))
+    heads_of = [(i // info.n_heads, i % info.n_heads) for i in range(total)]
+    g = torch.Generator().manual_seed(seed)
+    plan: list[tuple[str, int, str, int, list[tuple[int, int]]]] = []
+    for x in ks:
+        top = [heads_of[i] for i in order[:x]]
+        others = torch.tensor(order[x:])
+        draws = [sorted(heads_of[int(i)] for i in others[torch.randperm(len(others), generator=g)[:x]]) for _ in range(n_random)]
+        for method in methods:
+            plan.append((method, x, "top", 0, top))
+            plan.extend((method, x, "random", d, heads) for d, heads in enumerate(draws))
+    rows = [{"method": m, "k": 0, "heads": "none", "draw": 0, "accuracy": float(base.recall.mean()),
+             "retrieved": float(base.retrieved(min_recall).mean()), "masked": ""} for m in methods]
+    for method, x, kind, draw, heads in tqdm(plan, desc="headzoo masking", unit="run", disable=not show, leave=False):
+        run = decode_needles(model, trials, batch_size=batch_size, mask_heads=heads, mask_method=method, progress=False)
+        rows.append({
+            "method": method, "k": x, "heads": kind, "draw": draw, "accuracy": float(run.recall.mean()),
+            "retrieved": float(run.retrieved(min_recall).mean()), "masked": " ".join(f"L{a}H{b}" for a, b in heads),
+        })
+    frame = pd.DataFrame(rows).sort_values(["method", "k", "heads", "draw"], kind="stable", ignore_index=True)
+    meta = {
+        "model": info.config_dict(),
+        "probe": trials.meta,
+        "ranking": source,
+        "top_heads": [list(heads_of[i]) for i in order[: max(ks)]],
+        "retrieval_scores": [[float(v) for v in row] for row in ranking.tolist()],
+        "k": ks,
+        "methods": methods,
+        "n_random": n_random,
+        "seed": seed,
+        "min_recall": min_recall,
+        "decoding": {"unmasked": base.mode, "masked": "recompute: masked heads need every value at each step"},
+        "versions": library_versions(),
+    }
+    return MaskingCurve(frame, meta)
