@@ -195,6 +195,27 @@ def test_hostile_token_strings_are_only_ids():
     assert scores.top(1, "retrieval")[["layer", "head"]].values.tolist() == [[1, 1]]
 
 
+def test_a_character_level_tokenizer_falls_back_to_random_filler():
+    """It spells every sentence, but the lead-in ends in a letter found in nearly all of them."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from headzoo.testing import planted_model
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<bos>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    core = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", unk_token="<unk>")
+    assert tokenizer.decode(tokenizer.encode("The mill.", add_special_tokens=False)) == "The mill."
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=len(vocab), n_ctx=64, previous_token=(0, 0), induction=(1, 1))
+    model = planted_model(spec, tokenizer=tokenizer)
+    trials = hz.NeedleHaystack().build(model)
+    assert trials.meta["filler"] == "random" and "needle template" in trials.meta["filler_reason"]
+    with pytest.raises(hz.InvalidOptionError, match="filler='text'"):
+        hz.NeedleHaystack(filler="text").build(model)
+    assert hz.detect(model, "retrieval").top(1, "retrieval")[["layer", "head"]].values.tolist() == [[1, 1]]
+
+
 def test_context_too_short_for_any_needle():
     spec = PlantSpec(n_layers=2, n_heads=2, d_head=16, d_vocab=30, n_ctx=8, previous_token=(0, 0), induction=(1, 1))
     model = cached_planted(spec, "bridge", True)

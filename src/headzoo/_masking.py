@@ -175,7 +175,6 @@ def retrieval_masking(
             f"heads, so K can be at most {total // 2}"
         )
     trials = probe.build(model)
-    show = progress if progress is not None else True
     base = decode_needles(model, trials, batch_size=batch_size, progress=False)
     if scores is None:
         ranking, source = base.head_scores(min_recall), "scored on the same trials"
@@ -196,6 +195,7 @@ def retrieval_masking(
             plan.extend((method, x, "random", d, heads) for d, heads in enumerate(draws))
     rows = [{"method": m, "k": 0, "heads": "none", "draw": 0, "accuracy": float(base.recall.mean()),
              "retrieved": float(base.retrieved(min_recall).mean()), "masked": ""} for m in methods]
+    show = progress if progress is not None else len(plan) > 8
     for method, x, kind, draw, heads in tqdm(plan, desc="headzoo masking", unit="run", disable=not show, leave=False):
         run = decode_needles(model, trials, batch_size=batch_size, mask_heads=heads, mask_method=method, progress=False)
         rows.append({

@@ -285,20 +285,25 @@ class _TextFiller:
                 if lead is not None and question is not None and stop is not None:
                     places.append((lead, question, stop))
             share = len(sentences) / len(_sentences())
+            # copy style needs the lead-in's last token absent from most sentences (a
+            # character-level tokenizer ends it in a letter found everywhere)
+            places = [p for p in places if sum(not bool((s == p[0][-1]).any()) for s in sentences) >= len(sentences) / 4]
+            used = torch.cat([*sentences, *(t for p in places for t in p)]) if sentences and places else None
+            spare = ordinary if used is None else ordinary[~torch.isin(ordinary, used)]
             if share < _MIN_TEXT_SENTENCES or not places:
                 reason = (
                     f"the tokenizer spells {share:.0%} of the shipped filler sentences"
-                    + ("" if places else " and none of the needle templates")
+                    + ("" if places else " and no needle template whose lead-in ends in a token the sentences rarely use")
                     + " with ordinary tokens"
                 )
+            elif len(spare) < 2 * probe.answer_len:
+                reason = (f"only {len(spare)} tokens of the vocabulary are unused by the filler text, too few "
+                          f"to make answers of {probe.answer_len} tokens that occur nowhere else")
             else:
                 # answers look like words where the vocabulary has enough of them
-                words = []
-                for i in ordinary.tolist():
-                    s = tokenizer.decode([i]).strip()
-                    if len(s) >= 2 and s.isascii() and s.isalpha():
-                        words.append(i)
-                pool = torch.tensor(words) if len(words) >= 8 * probe.answer_len else ordinary
+                decoded = tokenizer.batch_decode([[i] for i in spare.tolist()])
+                words = [i for i, s in zip(spare.tolist(), decoded) if len(s.strip()) >= 2 and s.strip().isascii() and s.strip().isalpha()]
+                pool = torch.tensor(words) if len(words) >= 8 * probe.answer_len else spare
                 return cls(tokenizer, tuple(sentences), tuple(places), pool), (
                     f"the tokenizer spells {share:.0%} of the shipped filler sentences"
                 )
@@ -321,8 +326,6 @@ class _TextFiller:
         question = lead if probe.question == "copy" else natural
         key = lead[-1]
         usable = [s for s in self.sentences if not bool((s == key).any())]
-        if not usable:  # every sentence has the key token: fall back to all (natural style only)
-            usable = list(self.sentences)
         hay_len = length - int(bos) - len(lead) - probe.answer_len - len(stop) - len(question)
         chunks, total = [], 0
         while total < hay_len:
@@ -486,6 +489,10 @@ def _kv_class() -> Any:
     return None
 
 
+class _Stop(Exception):
+    """Raised at the unembedding: only the last position's logits are computed."""
+
+
 class _Decoder:
     """Greedy decoding of one batch of equal-length prompts, keeping each head's argmax key."""
 
@@ -494,23 +501,36 @@ class _Decoder:
         self.keys: dict[int, torch.Tensor] = {}
 
     def forward(self, fn: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run ``fn()`` (it returns logits): the last position's logits ``[batch, vocab]`` and
-        the argmax keys ``[batch, layer, head]`` (``None`` when not recording)."""
+        """Run ``fn()`` (a forward pass): the last position's logits ``[batch, vocab]`` and the
+        argmax keys ``[batch, layer, head]`` (``None`` when not recording).
+
+        Only the last position is unembedded: the unembedding's input is caught and the pass
+        stops there, so a long prompt never materialises ``[batch, pos, vocab]`` logits.
+        """
         self.keys.clear()
+        got: dict[str, torch.Tensor] = {}
         handles = []
+        unembed = getattr(self.model, "unembed", None)
+        if isinstance(unembed, torch.nn.Module):
+            def grab(module: Any, args: Any) -> None:
+                got["x"] = args[0][:, -1:]
+                raise _Stop
+
+            handles.append(unembed.register_forward_pre_hook(grab))
         if self.record:
             for layer in range(self.info.n_layers):
                 handles.append(self.model.hook_dict[pattern_hook(layer)].register_forward_hook(self._keeper(layer)))
         try:
-            if self.hooks:
-                with self.model.hooks(fwd_hooks=self.hooks):
+            with self.model.hooks(fwd_hooks=self.hooks or []):
+                try:
                     out = fn()
-            else:
-                out = fn()
+                except _Stop:
+                    out = None
         finally:
             for h in handles:
                 h.remove()
-        logits = out
+        if out is None:
+            out = unembed(got["x"])
         keys = None
         if self.record:
             if len(self.keys) != self.info.n_layers:
@@ -521,7 +541,7 @@ class _Decoder:
                     "or for a TransformerBridge call enable_compatibility_mode()."
                 )
             keys = torch.stack([self.keys[layer] for layer in range(self.info.n_layers)], 1).cpu()
-        return logits[:, -1].float(), keys
+        return out[:, -1].float(), keys
 
     def _keeper(self, layer: int) -> Any:
         def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
@@ -662,21 +682,33 @@ def _decode_cached(
         cache = kv_class.init_cache(model.cfg, prompt.device, prompt.shape[0])
 
         def run(ids: torch.Tensor) -> Any:
-            return model(ids, past_kv_cache=cache)
+            # an explicit all-ones mask: TransformerLens would otherwise mask every token whose
+            # id is the pad id (often the BOS id) once a cache is in use, unlike a full forward
+            return model(ids, past_kv_cache=cache, attention_mask=torch.ones_like(ids))
     else:
         kind = "Hugging Face"
-        state: dict[str, Any] = {}
+        try:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+        except (ImportError, TypeError) as exc:
+            raise _NoCache from exc
 
         def run(ids: torch.Tensor) -> Any:
-            kwargs = {"past_key_values": state["kv"]} if "kv" in state else {}
+            # The cache is ours and Hugging Face fills it in place, so the pass may stop at the
+            # unembedding (see _Decoder.forward) and the cache is still complete.
+            before = cache.get_seq_length()
             try:
-                out = model(ids, return_type="logits_and_cache", **kwargs)
+                out = model(ids, past_key_values=cache)
+            except _Stop:
+                out = None
             except (TypeError, ValueError, NotImplementedError, AttributeError) as exc:
                 raise _NoCache from exc
-            if not isinstance(out, tuple) or out[1] is None:
-                raise _NoCache
-            state["kv"] = out[1]
-            return out[0]
+            if cache.get_seq_length() != before + ids.shape[1]:
+                raise _NoCache  # the model ignored the cache (boot_native bridges have none)
+            if out is None:
+                raise _Stop
+            return out
 
     logits, k = decoder.forward(lambda: run(prompt))
     gens, keys = [logits.argmax(-1)], [k]
