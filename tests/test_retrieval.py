@@ -185,6 +185,51 @@ def test_text_filler_spells_sentences_and_the_needle():
     assert tokenizer.decode(natural.tokens[0][-13:]).endswith("? Answer:")
 
 
+def _saved(tokenizer, directory):
+    """Save and reload, as from the hub: TransformerLens reloads tokenizers from their path."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+@pytest.mark.parametrize("style", ["byte_level", "metaspace"])
+def test_text_filler_with_subword_tokenizers(style, tmp_path):
+    """Byte-level BPE (GPT-2's convention, spaces inside tokens) and SentencePiece-style
+    Metaspace tokenizers, trained offline on the filler: both spell it, and the needle decodes
+    to its template whatever the tokenizer does with spaces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from headzoo.testing import planted_model
+
+    texts = list(_sentences()) + [_LEAD.format(place=p) + " " for p in _PLACES] + [_QUESTION.format(place=p) for p in _PLACES]
+    core = Tokenizer(models.BPE(unk_token="<unk>" if style == "metaspace" else None))
+    if style == "byte_level":
+        core.pre_tokenizer, core.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        core.pre_tokenizer, core.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<bos>", "<unk>"], initial_alphabet=alphabet, show_progress=False)
+    core.train_from_iterator(texts, trainer)
+    tokenizer = _saved(PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", unk_token="<unk>"), tmp_path)
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=64, d_vocab=len(tokenizer), n_ctx=200,
+                     previous_token=(0, 1), induction=(1, 0))
+    model = planted_model(spec, tokenizer=tokenizer)
+    trials = hz.NeedleHaystack(lengths=(80, 190), n_needles=2, seed=2).build(model)
+    assert trials.meta["filler"] == "text", trials.meta["filler_reason"]
+    for tokens, answer, (_, row) in zip(trials.tokens, trials.answers, trials.frame.iterrows()):
+        lead = tokenizer.decode(tokens[row["needle_start"] : row["answer_start"]]).strip()
+        assert re.fullmatch(r"The secret word of the [a-z ]+ is", lead), lead
+        assert torch.equal(tokens[-(row["answer_start"] - row["needle_start"]):], tokens[row["needle_start"] : row["answer_start"]])
+        for t in answer.tolist():
+            assert int((tokens == t).sum()) == 1
+        assert int((tokens == tokens[row["answer_start"] - 1]).sum()) == 2  # the lead-in's last token
+    scores = hz.detect(model, "retrieval", lengths=(80, 190), n_needles=2)
+    assert scores.top(1, "retrieval")[["layer", "head"]].values.tolist() == [[1, 0]]
+
+
 def test_hostile_token_strings_are_only_ids():
     from headzoo.testing import planted_model
 
@@ -195,9 +240,9 @@ def test_hostile_token_strings_are_only_ids():
     assert scores.top(1, "retrieval")[["layer", "head"]].values.tolist() == [[1, 1]]
 
 
-def test_a_character_level_tokenizer_falls_back_to_random_filler():
+def test_a_character_level_tokenizer_falls_back_to_random_filler(tmp_path):
     """It spells every sentence, but the lead-in ends in a letter found in nearly all of them."""
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     from headzoo.testing import planted_model
@@ -205,7 +250,8 @@ def test_a_character_level_tokenizer_falls_back_to_random_filler():
     chars = [chr(c) for c in range(32, 127)]
     vocab = {"<bos>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
     core = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", unk_token="<unk>")
+    core.decoder = decoders.Fuse()
+    tokenizer = _saved(PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", unk_token="<unk>"), tmp_path)
     assert tokenizer.decode(tokenizer.encode("The mill.", add_special_tokens=False)) == "The mill."
     spec = PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=len(vocab), n_ctx=64, previous_token=(0, 0), induction=(1, 1))
     model = planted_model(spec, tokenizer=tokenizer)

@@ -325,7 +325,9 @@ class _TextFiller:
         lead, natural, stop = self.places[int(torch.randint(len(self.places), (1,), generator=g))]
         question = lead if probe.question == "copy" else natural
         key = lead[-1]
-        usable = [s for s in self.sentences if not bool((s == key).any())]
+        usable = [s for s in self.sentences if len(s) and not bool((s == key).any())]
+        if not usable:  # make() keeps only templates whose last token most sentences avoid
+            raise DetectorNotApplicableError("no filler sentence avoids the needle's lead-in token; use filler='random'")
         hay_len = length - int(bos) - len(lead) - probe.answer_len - len(stop) - len(question)
         chunks, total = [], 0
         while total < hay_len:
@@ -336,7 +338,10 @@ class _TextFiller:
                     break
         # trim the front of the first sentence, so the haystack reads like an excerpt
         cut = total - hay_len
-        chunks[0] = chunks[0][cut:]
+        while chunks and cut >= len(chunks[0]):
+            cut -= len(chunks.pop(0))
+        if chunks:
+            chunks[0] = chunks[0][cut:]
         hay = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)
         ends = np.cumsum([0] + [len(c) for c in chunks]).tolist()
         at = _insert_at(hay_len, depth, ends)
