@@ -17,7 +17,6 @@ import functools
 import importlib
 import importlib.resources
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
