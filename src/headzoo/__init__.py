@@ -3,6 +3,8 @@
 ``import headzoo as hz``; see ``hz.detect``, ``hz.list_detectors`` and ``hz.load_model``.
 """
 
+from headzoo._atlas import HeadAtlas, build_atlas
+from headzoo._viz import AttentionView, attention_view
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._effects import HeadEffects
@@ -58,6 +60,10 @@ __all__ = [
     "MaskingCurve",
     "HeadScores",
     "HeadEffects",
+    "HeadAtlas",
+    "build_atlas",
+    "AttentionView",
+    "attention_view",
     "patching",
     "ablate",
     "ablation_hooks",

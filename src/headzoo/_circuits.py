@@ -284,6 +284,52 @@ class WeightCircuits:
         self._memo[key] = ranks
         return ranks
 
+    def ov_extremes(self, n_tokens: int, seed: int, variant: EmbeddingVariant) -> dict[str, torch.Tensor]:
+        """For each sampled source token and head: the output token its OV circuit raises most
+        and lowers most, relative to the mean over the vocabulary.
+
+        Returns:
+            ``{"ids": [n], "up": [layer, head, n], "up_id": ..., "down": ..., "down_id": ...}``;
+            ``up``/``down`` are logit differences from the row's mean over all outputs.
+        """
+        key = ("ov_extremes", n_tokens, seed, variant)
+        if key in self._memo:
+            return self._memo[key]
+        info = self.info
+        ids = self.sample(n_tokens, seed)
+        x = self.embedding(ids, variant)
+        n, n_out, h, dh = len(ids), self.n_outputs, info.n_heads, info.d_head
+        chunk = max(1, min(n_out, self.chunk_bytes // (4 * h * max(n, dh))))
+        blocks = [slice(s, min(s + chunk, n_out)) for s in range(0, n_out, chunk)]
+        shape = (info.n_layers, h, n)
+        out = {"up": torch.empty(shape), "up_id": torch.empty(shape, dtype=torch.long),
+               "down": torch.empty(shape), "down_id": torch.empty(shape, dtype=torch.long)}
+        show = self.progress if self.progress is not None else info.n_layers * n_out > 2_000_000
+        with torch.no_grad():
+            for layer in tqdm(range(info.n_layers), desc="headzoo OV extremes", unit="layer", disable=not show, leave=False):
+                v = self.ov_values(layer, x)
+                flat_o = head_weights(self.model, "O", layer).float().to(self.device).reshape(h * dh, -1)
+                total = torch.zeros(h, n, device=self.device)
+                hi = torch.full((h, n), -float("inf"), device=self.device)
+                lo = torch.full((h, n), float("inf"), device=self.device)
+                hi_id = torch.zeros(h, n, dtype=torch.long, device=self.device)
+                lo_id = torch.zeros(h, n, dtype=torch.long, device=self.device)
+                for cols in blocks:
+                    logits = torch.bmm(v, (flat_o @ self._readout(cols)).view(h, dh, -1))  # [head, n, c]
+                    total += logits.sum(-1)
+                    bmax, bargmax = logits.max(-1)
+                    bmin, bargmin = logits.min(-1)
+                    better, worse = bmax > hi, bmin < lo
+                    hi, hi_id = torch.where(better, bmax, hi), torch.where(better, bargmax + cols.start, hi_id)
+                    lo, lo_id = torch.where(worse, bmin, lo), torch.where(worse, bargmin + cols.start, lo_id)
+                    del logits
+                mean = total / n_out
+                out["up"][layer], out["up_id"][layer] = (hi - mean).cpu(), hi_id.cpu()
+                out["down"][layer], out["down_id"][layer] = (lo - mean).cpu(), lo_id.cpu()
+        out["ids"] = ids.clone()
+        self._memo[key] = out
+        return out
+
     # -- QK ---------------------------------------------------------------------------------
     def qk_ranks(
         self, n_tokens: int, seed: int, variant: EmbeddingVariant, query: str

@@ -1,4 +1,4 @@
-"""Command line: ``headzoo list``, ``headzoo detect [MODEL]``."""
+"""Command line: ``headzoo atlas [MODEL] --out DIR``, ``headzoo detect [MODEL]``, ``headzoo list``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="headzoo", description="What does each attention head do?")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the registered detectors and bundled models")
+    a = sub.add_parser("atlas", help="write a model's head atlas: index.html (opens offline), scores.parquet, meta.json")
+    a.add_argument("model", nargs="?", default=None, help="bundled model name or Hugging Face id (default: the bundled default model, offline)")
+    a.add_argument("--out", default="atlas", help="output folder (default: ./atlas)")
+    a.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
+    a.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    a.add_argument("--seed", type=int, default=0, help="probe and sample seed")
     d = sub.add_parser("detect", help="score every head of a model and print the top heads per detector")
     d.add_argument("model", nargs="?", default=None, help="bundled model name or Hugging Face id (default: the bundled default model, offline)")
     d.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
@@ -34,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print()
                 print(hz.list_models().to_string(index=False))
             return 0
+        if args.command == "atlas":
+            return _atlas(hz, args)
         model = hz.load_model(args.model, device=args.device)
         scores = hz.detect(model, args.detectors, seed=args.seed, progress=True)
         top = scores.top(args.top)
@@ -48,6 +56,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except hz.HeadzooError as exc:
         print(f"headzoo: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _atlas(hz: object, args: argparse.Namespace) -> int:
+    """Build and write the atlas; finished detectors are kept in ``OUT/.partial`` until the
+    page is written, so a killed run resumes without recomputing them."""
+    import shutil
+    import time
+    from pathlib import Path
+
+    out = Path(args.out)
+    partial = out / ".partial"
+    start = time.perf_counter()
+    print(f"headzoo atlas: loading {args.model or 'the bundled default model'}", file=sys.stderr)
+    model = hz.load_model(args.model, device=args.device)  # type: ignore[attr-defined]
+    resumed = len(list(partial.glob("*.parquet"))) if partial.exists() else 0
+    if resumed:
+        print(f"headzoo atlas: resuming, {resumed} finished detector group(s) found in {partial}", file=sys.stderr)
+    atlas = hz.build_atlas(model, args.detectors, seed=args.seed, cache_dir=partial, progress=True)  # type: ignore[attr-defined]
+    atlas.write(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    labelled = atlas.to_frame()
+    labelled = labelled[labelled["labels"] != ""]
+    print(f"{atlas!r}")
+    with pd.option_context("display.width", 160):
+        print(labelled[["layer", "head", "labels"]].to_string(index=False) if len(labelled) else "no head passes a threshold")
+    print(f"wrote {out / 'index.html'} ({size / 2**20:.1f} MiB in {out}) in {time.perf_counter() - start:.1f} s; "
+          f"open it in a browser (works offline)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -120,20 +120,47 @@ class HeadEffects:
 
     # -- display --------------------------------------------------------------------------
     def plot(self, column: str = "effect") -> Any:
-        """Heatmap of :meth:`matrix` as a plotly ``Figure`` (returned, never shown)."""
+        """Heatmap of the effects as a plotly ``Figure`` (returned, never shown): ``layer x
+        head`` or ``layer x pos``; effects per head and position get one row per head."""
         import plotly.graph_objects as go
 
-        table = self.matrix(column)
+        idx = self.index_columns
+        if "head" in idx and "pos" in idx:
+            frame = self._frame.groupby(["layer", "head", "pos"])[column].mean().unstack("pos")
+            table = frame.copy()
+            table.index = [f"L{a}H{b}" for a, b in frame.index]
+            table.columns.name, ylabel, ytick = "pos", "head", None
+        else:
+            table = self.matrix(column)
+            ylabel, ytick = "layer", 1
         base = self._meta.get("baseline", 0.0)
         spread = float(np.nanmax(np.abs(table.to_numpy() - base))) or 1.0
         fig = go.Figure(go.Heatmap(
             z=table.to_numpy(), x=list(table.columns), y=list(table.index), colorscale="RdBu", zmid=base,
             zmin=base - spread, zmax=base + spread, colorbar={"title": column},
-            hovertemplate=f"layer %{{y}}, {table.columns.name} %{{x}}<br>{column} %{{z:.4f}}<extra></extra>",
+            hovertemplate=f"{ylabel} %{{y}}, {table.columns.name} %{{x}}<br>{column} %{{z:.4f}}<extra></extra>",
         ))
         fig.update_xaxes(title_text=str(table.columns.name), dtick=1)
-        fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1)
-        fig.update_layout(title=f"headzoo: {self._meta.get('kind', '')} patching ({self._meta.get('direction', '')})")
+        fig.update_yaxes(title_text=ylabel, autorange="reversed", dtick=ytick)
+        fig.update_layout(title=f"headzoo: {self._meta.get('kind', '')} patching ({self._meta.get('direction', '')})",
+                          height=max(320, 18 * len(table) + 160))
+        return fig
+
+    def plot_top(self, k: int = 10, *, by: str = "abs") -> Any:
+        """Bar chart of the ``k`` largest effects (:meth:`top`), with confidence intervals when
+        the effects were measured per example; a plotly ``Figure`` (returned, never shown)."""
+        import plotly.graph_objects as go
+
+        top = self.top(k, by=by)
+        labels = [" ".join(f"{c[0].upper()}{top.iloc[i][c]}" for c in self.index_columns) for i in range(len(top))]
+        error = None
+        if {"ci_low", "ci_high"} <= set(top.columns):
+            error = {"type": "data", "symmetric": False, "array": top["ci_high"] - top["effect"],
+                     "arrayminus": top["effect"] - top["ci_low"]}
+        fig = go.Figure(go.Bar(x=labels, y=top["effect"], error_y=error, marker_color="#2171b5",
+                               hovertemplate="%{x}<br>effect %{y:.4f}<extra></extra>"))
+        fig.add_hline(y=self._meta.get("baseline", 0.0), line_dash="dash", line_color="#888")
+        fig.update_layout(title=f"headzoo: top {k} {self._meta.get('kind', '')} patches", yaxis_title="effect", width=640)
         return fig
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ def _write_atomic(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -168,37 +169,67 @@ class HeadScores:
         return pd.concat(parts, ignore_index=True)
 
     # -- display --------------------------------------------------------------------------
-    def plot(self, detector: str | None = None, metric: str = "score") -> Any:
-        """Layer x head heatmap(s) as a plotly ``Figure`` (returned, never shown)."""
+    def plot(self, detector: str | None = None, metric: str = "score", *, cols: int = 4) -> Any:
+        """Layer x head heatmap per detector, in a grid of ``cols`` columns, as a plotly
+        ``Figure`` (returned, never shown). Hover shows the head, its value and the threshold."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         names = [detector] if detector is not None else self.detectors
         for name in names:
             self._check(name)
-        fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
-        for i, name in enumerate(names, start=1):
+        if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
+            raise ValueError(f"cols must be a positive integer; got {cols!r}")
+        n_cols = min(cols, len(names))
+        n_rows = -(-len(names) // n_cols)
+        fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[html.escape(n) for n in names],
+                            horizontal_spacing=0.05, vertical_spacing=min(0.12, 0.5 / n_rows))
+        for i, name in enumerate(names):
+            row, col = i // n_cols + 1, i % n_cols + 1
             table = self.matrix(name, metric)
             thr = self.threshold(name)
             fig.add_trace(
                 go.Heatmap(
                     z=table.to_numpy(), x=list(table.columns), y=list(table.index),
                     coloraxis="coloraxis",
-                    hovertemplate=f"{name}<br>layer %{{y}}, head %{{x}}<br>{metric} %{{z:.3f}}"
-                    + (f"<br>threshold {thr}" if thr is not None else "") + "<extra></extra>",
+                    hovertemplate=f"{html.escape(name)}<br>head L%{{y}}H%{{x}}<br>{html.escape(metric)} %{{z:.3f}}"
+                    + (f"<br>threshold {thr}" if thr is not None else "<br>no threshold") + "<extra></extra>",
                 ),
-                row=1, col=i,
+                row=row, col=col,
             )
-            fig.update_xaxes(title_text="head", row=1, col=i, dtick=1)
-            fig.update_yaxes(title_text="layer" if i == 1 else None, row=1, col=i, autorange="reversed", dtick=1)
+            fig.update_xaxes(title_text="head" if row == n_rows else None, row=row, col=col, dtick=1)
+            fig.update_yaxes(title_text="layer" if col == 1 else None, row=row, col=col, autorange="reversed", dtick=1)
         values = self._frame.loc[self._frame["detector"].isin(names), metric].dropna()
         lo = min(0.0, float(values.min())) if len(values) else 0.0
         hi = max(1.0, float(values.max())) if len(values) else 1.0
         fig.update_layout(
             coloraxis={"colorscale": "Blues", "cmin": lo, "cmax": hi, "colorbar": {"title": metric}},
-            title=f"headzoo: {self._meta.get('model', {}).get('name', 'model')}",
-            height=max(300, 40 * self.shape[0] + 150), width=max(450, 320 * len(names)),
+            title=f"headzoo: {html.escape(str(self._meta.get('model', {}).get('name', 'model')))}",
+            height=n_rows * max(260, 28 * self.shape[0] + 110) + 60, width=max(450, 300 * n_cols),
         )
+        return fig
+
+    def plot_top(self, k: int = 10, detector: str | None = None, metric: str = "score") -> Any:
+        """Bar chart of the ``k`` highest-scoring heads of each detector (one panel each), with
+        the detector's threshold as a dashed line; a plotly ``Figure`` (returned, never shown)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        top = self.top(k, detector, metric)
+        names = [detector] if detector is not None else self.detectors
+        fig = make_subplots(rows=len(names), cols=1, subplot_titles=[html.escape(n) for n in names],
+                            vertical_spacing=min(0.08, 0.5 / len(names)))
+        for i, name in enumerate(names, start=1):
+            rows = top[top["detector"] == name]
+            labels = [f"L{a}H{b}" for a, b in zip(rows["layer"], rows["head"])]
+            fig.add_trace(go.Bar(x=labels, y=rows[metric], marker_color="#2171b5", showlegend=False,
+                                 hovertemplate="%{x}<br>" + html.escape(metric) + " %{y:.3f}<extra>" + html.escape(name) + "</extra>"),
+                          row=i, col=1)
+            thr = self.threshold(name)
+            if thr is not None:
+                fig.add_hline(y=thr, line_dash="dash", line_color="#c0392b", row=i, col=1)
+            fig.update_yaxes(title_text=metric, row=i, col=1)
+        fig.update_layout(title=f"headzoo: top {k} heads", height=220 * len(names) + 80, width=640)
         return fig
 
     def __repr__(self) -> str:

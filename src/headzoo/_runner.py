@@ -72,8 +72,13 @@ def detect(
     Returns:
         :class:`HeadScores` with one row per (detector, layer, head).
     """
+    return _detect(model, detectors, tokens=tokens, cache=cache, explicit=detectors is not None, **options)
+
+
+def _detect(model: Any, detectors: Any, *, tokens: Any, cache: Any, explicit: bool, **options: Any) -> HeadScores:
+    """:func:`detect`; with ``explicit=False`` a detector that does not apply is skipped (and
+    reported) instead of raising, as when every registered detector runs."""
     info = model_info(model)
-    explicit = detectors is not None
     selected = _select(detectors, options)
     probe = RepeatedTokens(**{k: v for k, v in options.items() if k in _PROBE_OPTIONS})
     progress = options.get("progress")
