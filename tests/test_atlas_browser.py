@@ -95,7 +95,14 @@ def test_atlas_opens_offline_renders_and_opens_a_card(browser, tmp_path):
     assert "induction" in page.inner_text("#card-labels")
     page.wait_for_selector("#card-pattern svg, #card-pattern canvas, #card-pattern table")
     assert page.locator("#card-promotes tbody tr").count() == 5
-    # clicking a heatmap cell opens that head
+    # a real mouse click on a heatmap cell opens that head: layer 1, head 1 of duplicate_token
+    page.locator("#heatmap-duplicate_token").scroll_into_view_if_needed()
+    area = page.locator("#heatmap-duplicate_token .nsewdrag").bounding_box()
+    page.mouse.click(area["x"] + area["width"] * 1.5 / 4, area["y"] + area["height"] * 1.5 / 3)
+    page.wait_for_function("document.getElementById('card-title').textContent.includes('L1H1')")
+    assert "duplicate_token" in page.inner_text("#card-labels")
+    page.locator("#heads tbody tr[data-head='L2H3']").click()
+    page.wait_for_function("document.getElementById('card-title').textContent.includes('L2H3')")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "atlas.png"), full_page=True)
     _check_clean(seen)
