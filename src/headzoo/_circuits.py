@@ -236,6 +236,15 @@ class WeightCircuits:
         w_o = head_weights(self.model, "O", layer).float().to(self.device)
         return self.ov_values(layer, x) @ (w_o @ self._readout(cols.to(self.device)))
 
+    def _ov_pass(self, n_tokens: int, seed: int, variant: EmbeddingVariant) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+        """The sampled source ids, their effective embeddings, and the vocabulary's column
+        blocks, sized so one block of ``[head, n, block]`` logits fits ``chunk_bytes``."""
+        ids = self.sample(n_tokens, seed)
+        x = self.embedding(ids, variant)
+        n, n_out = len(ids), self.n_outputs
+        chunk = max(1, min(n_out, self.chunk_bytes // (4 * self.info.n_heads * max(n, self.info.d_head))))
+        return ids, x, [slice(s, min(s + chunk, n_out)) for s in range(0, n_out, chunk)]
+
     def ov_ranks(self, n_tokens: int, seed: int, variant: EmbeddingVariant) -> OVRanks:
         """Rank of each sampled token's own logit in its OV row over the whole vocabulary.
 
@@ -248,13 +257,10 @@ class WeightCircuits:
         if key in self._memo:
             return self._memo[key]
         info = self.info
-        ids = self.sample(n_tokens, seed)
-        x = self.embedding(ids, variant)
+        ids, x, blocks = self._ov_pass(n_tokens, seed, variant)
         n, n_out, h, dh = len(ids), self.n_outputs, info.n_heads, info.d_head
         below = torch.zeros(info.n_layers, h, n, dtype=torch.long)
         above = torch.zeros(info.n_layers, h, n, dtype=torch.long)
-        chunk = max(1, min(n_out, self.chunk_bytes // (4 * h * max(n, dh))))
-        blocks = [slice(s, min(s + chunk, n_out)) for s in range(0, n_out, chunk)]
         col_norm = max(float(self._readout(b).norm(dim=0).max()) for b in blocks)
         show = self.progress if self.progress is not None else info.n_layers * n_out > 2_000_000
         with torch.no_grad():
@@ -296,11 +302,8 @@ class WeightCircuits:
         if key in self._memo:
             return self._memo[key]
         info = self.info
-        ids = self.sample(n_tokens, seed)
-        x = self.embedding(ids, variant)
+        ids, x, blocks = self._ov_pass(n_tokens, seed, variant)
         n, n_out, h, dh = len(ids), self.n_outputs, info.n_heads, info.d_head
-        chunk = max(1, min(n_out, self.chunk_bytes // (4 * h * max(n, dh))))
-        blocks = [slice(s, min(s + chunk, n_out)) for s in range(0, n_out, chunk)]
         shape = (info.n_layers, h, n)
         out = {"up": torch.empty(shape), "up_id": torch.empty(shape, dtype=torch.long),
                "down": torch.empty(shape), "down_id": torch.empty(shape, dtype=torch.long)}
