@@ -1,0 +1,139 @@
+"""Train a small zoo model on headzoo's synthetic curriculum (seeded, resumable, logged per task).
+
+Run::
+
+    python experiments/train_zoo.py --config cpu --out results/zoo-cpu     # ~30 min on 2 CPU cores
+    python experiments/train_zoo.py --config gpu --out results/zoo-gpu --device cuda
+
+A killed run resumes from ``OUT/checkpoint/`` when started again with the same arguments. The
+loss per task (filler, induction, ordinal, retrieval, ioi) is written to ``OUT/log.jsonl``; the
+final model goes to ``OUT/model/`` (``model.safetensors`` in TransformerLens' canonical names,
+``config.json`` and the word tokenizer), which ``headzoo`` can ship and load into both model
+classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from headzoo._curriculum import TASKS, VOCABULARY, Curriculum
+
+CONFIGS = {
+    "cpu": dict(model=dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=128),
+                steps=5000, batch=32, lr=1e-3, warmup=200, weight_decay=0.05),
+    "gpu": dict(model=dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=256),
+                steps=20000, batch=64, lr=6e-4, warmup=500, weight_decay=0.05),
+    "tiny": dict(model=dict(n_layers=2, d_model=64, n_heads=2, d_head=32, d_mlp=256, n_ctx=64),
+                 steps=40, batch=8, lr=1e-3, warmup=5, weight_decay=0.0),
+}
+
+
+def model_config(name: str) -> dict:
+    m = CONFIGS[name]["model"]
+    return dict(**m, d_vocab=len(VOCABULARY) + 2, act_fn="gelu", normalization_type="LN",
+                positional_embedding_type="standard", attn_only=False, default_prepend_bos=True)
+
+
+def build(cfg: dict, seed: int):
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch.manual_seed(seed)
+    keys = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab", "d_mlp", "act_fn", "normalization_type",
+            "positional_embedding_type", "attn_only", "default_prepend_bos")
+    return TransformerBridge.boot_native(TransformerBridgeConfig(**{k: cfg[k] for k in keys}))
+
+
+def task_losses(logits: torch.Tensor, ids: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean next-token loss, and the loss per task label of the predicted token."""
+    per = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    labels = tasks[:, 1:].reshape(-1)
+    out = {}
+    for i, name in enumerate(TASKS):
+        mask = labels == i
+        if mask.any():
+            out[name] = float(per[mask].detach().mean())
+    return per.mean(), out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=50)
+    args = p.parse_args()
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    conf = CONFIGS[args.config]
+    steps = args.steps or conf["steps"]
+    cfg = model_config(args.config)
+    out = Path(args.out)
+    ckpt = out / "checkpoint"
+    out.mkdir(parents=True, exist_ok=True)
+    model = build(cfg, args.seed).to(args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=conf["lr"], betas=(0.9, 0.98), weight_decay=conf["weight_decay"])
+    start = 0
+    if (ckpt / "state.pt").exists():
+        from safetensors.torch import load_file
+
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        if state["args"] != {"config": args.config, "seed": args.seed, "steps": steps}:
+            sys.exit(f"{ckpt} belongs to another run ({state['args']}); use another --out")
+        model.load_state_dict(load_file(ckpt / "model.safetensors"))
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+        print(f"resuming at step {start}", file=sys.stderr)
+
+    def lr_at(step: int) -> float:
+        if step < conf["warmup"]:
+            return conf["lr"] * (step + 1) / conf["warmup"]
+        t = (step - conf["warmup"]) / max(1, steps - conf["warmup"])
+        return conf["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    data = Curriculum(n_ctx=cfg["n_ctx"], seed=args.seed).batches(conf["batch"], start=start)
+    log = (out / "log.jsonl").open("a")
+    bar = tqdm(range(start, steps), desc=f"train {args.config}", initial=start, total=steps)
+    t0 = time.time()
+    for step in bar:
+        ids, tasks = next(data)
+        ids, tasks = ids.to(args.device), tasks.to(args.device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        logits = model(ids)
+        loss, per_task = task_losses(logits, ids, tasks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % args.log_every == 0 or step == steps - 1:
+            log.write(json.dumps({"step": step, "loss": float(loss), **{f"loss_{k}": v for k, v in per_task.items()},
+                                  "lr": lr_at(step), "seconds": round(time.time() - t0, 1)}) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{float(loss):.3f}", **{k[:4]: f"{v:.2f}" for k, v in per_task.items() if k != "filler"})
+        if (step + 1) % args.save_every == 0 or step == steps - 1:
+            from safetensors.torch import save_file
+
+            ckpt.mkdir(exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors.tmp")
+            (ckpt / "model.safetensors.tmp").replace(ckpt / "model.safetensors")
+            torch.save({"optimizer": opt.state_dict(), "step": step + 1,
+                        "args": {"config": args.config, "seed": args.seed, "steps": steps}}, ckpt / "state.tmp")
+            (ckpt / "state.tmp").replace(ckpt / "state.pt")
+    log.close()
+    print(f"trained {steps} steps in {time.time() - t0:.0f} s; checkpoint in {ckpt}")
+
+
+if __name__ == "__main__":
+    main()
