@@ -73,7 +73,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--export-only", action="store_true", help="only write OUT/model/ from the last checkpoint")
     args = p.parse_args()
+    if args.export_only:
+        export(Path(args.out), model_config(args.config), args, args.steps or CONFIGS[args.config]["steps"])
+        return
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     conf = CONFIGS[args.config]
@@ -133,6 +137,28 @@ def main() -> None:
             (ckpt / "state.tmp").replace(ckpt / "state.pt")
     log.close()
     print(f"trained {steps} steps in {time.time() - t0:.0f} s; checkpoint in {ckpt}")
+    export(out, cfg, args, steps)
+
+
+def export(out: Path, cfg: dict, args: argparse.Namespace, steps: int) -> Path:
+    """Write ``OUT/model/``: canonical safetensors, config.json (with the weights' hash) and tokenizer."""
+    from safetensors.torch import load_file
+
+    from headzoo._backends import from_bridge_state_dict
+    from headzoo._checkpoint import save_checkpoint
+    from headzoo.testing import word_tokenizer
+
+    state = from_bridge_state_dict(load_file(out / "checkpoint" / "model.safetensors"), cfg)
+    lines = (out / "log.jsonl").read_text().splitlines()
+    final = json.loads(lines[-1]) if lines else {}
+    name = f"zoo-{args.config}"
+    path = save_checkpoint(
+        out / "model", state, cfg, word_tokenizer(list(VOCABULARY)), name=name,
+        description=f"{cfg['n_layers']} layers x {cfg['n_heads']} heads, d_model {cfg['d_model']}, trained on headzoo's curriculum",
+        training={"config": args.config, "seed": args.seed, "steps": steps, **CONFIGS[args.config], "final": final},
+    )
+    print(f"exported {path}")
+    return path
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from headzoo._errors import UnsupportedModelError
 
-__all__ = ["Backend", "available_backends", "build_model", "to_bridge_state_dict"]
+__all__ = ["Backend", "available_backends", "build_model", "from_bridge_state_dict", "to_bridge_state_dict"]
 
 Backend = Literal["bridge", "hooked"]
 
@@ -82,6 +82,45 @@ def to_bridge_state_dict(
             target = {"W_in": "in.weight", "b_in": "in.bias", "W_out": "out.weight", "b_out": "out.bias"}
             if name in target:
                 out[f"{prefix}.{target[name]}"] = value.T.contiguous() if name.startswith("W") else value
+    return out
+
+
+def from_bridge_state_dict(
+    bridge_state: dict[str, torch.Tensor], config: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_bridge_state_dict`: ``boot_native`` keys to canonical names."""
+    h, dh, d = config["n_heads"], config["d_head"], config["d_model"]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in bridge_state.items():
+        value = value.detach().cpu()
+        if key == "embed.weight":
+            out["embed.W_E"] = value
+        elif key == "pos_embed.weight":
+            out["pos_embed.W_pos"] = value
+        elif key == "unembed.weight":
+            out["unembed.W_U"] = value.T.contiguous()
+        elif key == "unembed.bias":
+            out["unembed.b_U"] = value
+        elif key.endswith((".weight", ".bias")) and (".ln" in key or key.startswith("ln_final.")):
+            out[key.rsplit(".", 1)[0] + (".w" if key.endswith(".weight") else ".b")] = value
+        elif ".attn." in key:
+            prefix, letter, kind = key.rsplit(".", 2)
+            if letter in ("q", "k", "v"):
+                n = value.shape[0] // dh
+                if kind == "weight":
+                    out[f"{prefix}.W_{letter.upper()}"] = value.reshape(n, dh, d).permute(0, 2, 1).contiguous()
+                else:
+                    out[f"{prefix}.b_{letter.upper()}"] = value.reshape(n, dh).contiguous()
+            elif letter == "o":
+                if kind == "weight":
+                    out[f"{prefix}.W_O"] = value.T.reshape(h, dh, d).contiguous()
+                else:
+                    out[f"{prefix}.b_O"] = value
+        elif ".mlp." in key:
+            prefix, which, kind = key.rsplit(".", 2)
+            name = {("in", "weight"): "W_in", ("in", "bias"): "b_in", ("out", "weight"): "W_out", ("out", "bias"): "b_out"}.get((which, kind))
+            if name is not None:
+                out[f"{prefix}.{name}"] = value.T.contiguous() if name.startswith("W") else value
     return out
 
 

@@ -1,0 +1,86 @@
+"""The curriculum, the training script's reproducibility, and checkpoint loading (WIP, issue 6)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import headzoo as hz
+from headzoo._backends import available_backends, from_bridge_state_dict
+from headzoo._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from headzoo._curriculum import TASKS, VOCABULARY, Curriculum
+from headzoo.testing import word_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_curriculum_is_seeded_streaming_and_labelled():
+    a = next(Curriculum(seed=3).batches(4, start=7))
+    b = next(Curriculum(seed=3).batches(4, start=7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    ids, tasks = next(Curriculum(seed=0).batches(64))
+    assert ids.shape == (64, 128) and int(ids.max()) < len(VOCABULARY) + 2 and (ids[:, 0] == 0).all()
+    assert set(tasks.unique().tolist()) == set(range(len(TASKS)))
+    # an induction-labelled token repeats the token after an earlier copy of its predecessor
+    for row_ids, row_tasks in zip(ids[:8], tasks[:8]):
+        for i in (row_tasks == TASKS.index("induction")).nonzero().flatten().tolist():
+            prev = row_ids[i - 1]
+            earlier = (row_ids[: i - 1] == prev).nonzero().flatten()
+            assert any(row_ids[j + 1] == row_ids[i] for j in earlier.tolist())
+
+
+def test_training_is_reproducible(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        subprocess.run([sys.executable, str(REPO / "experiments" / "train_zoo.py"), "--config", "tiny", "--out", str(out),
+                        "--steps", "12", "--log-every", "1"], check=True, capture_output=True)
+        runs.append([json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()])
+    assert runs[0] == runs[1] and len(runs[0]) == 12
+
+
+def _tiny_checkpoint(tmp_path) -> Path:
+    sys.path.insert(0, str(REPO / "experiments"))
+    from train_zoo import build, model_config
+
+    cfg = model_config("tiny")
+    model = build(cfg, 0)
+    return save_checkpoint(tmp_path / "ckpt", from_bridge_state_dict(model.state_dict(), cfg), cfg,
+                           word_tokenizer(list(VOCABULARY)), name="zoo-test")
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_checkpoint_loads_offline_into_either_class(tmp_path, backend):
+    folder = _tiny_checkpoint(tmp_path)
+    a = load_checkpoint(folder, backend=backend)
+    b = load_checkpoint(folder, backend="bridge")
+    x = torch.randint(0, len(VOCABULARY) + 2, (2, 16))
+    torch.testing.assert_close(a(x), b(x), atol=1e-4, rtol=1e-4)
+    assert a.tokenizer.convert_ids_to_tokens([2])[0] == VOCABULARY[0]
+    assert hz.model_info(a).name == "zoo-test"
+
+
+def test_damaged_or_foreign_checkpoints_are_refused(tmp_path):
+    folder = _tiny_checkpoint(tmp_path)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the hash"):
+        load_checkpoint(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["format"] = "something-else/1"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not a headzoo checkpoint"):
+        load_checkpoint(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(folder)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="lacks"):
+        load_checkpoint(folder)
