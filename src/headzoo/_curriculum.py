@@ -107,10 +107,13 @@ class Curriculum:
             if kind == "filler":
                 self._emit(ids, tasks, self._sentence(rng), 0)
             elif kind == "induction":
-                n = int(rng.integers(4, 12))
+                # mostly short spans, but also long ones (up to half the context), so induction
+                # generalises to the repeated-random-token probe
+                long = rng.random() < 0.3
+                n = int(rng.integers(12, max(13, self.n_ctx // 2 - 4))) if long else int(rng.integers(4, 12))
                 span = [VOCABULARY[i] for i in rng.choice(len(VOCABULARY), n, replace=False)]
                 self._emit(ids, tasks, span, 0)
-                if rng.random() < 0.5:
+                if not long and rng.random() < 0.5:
                     self._emit(ids, tasks, self._sentence(rng), 0)
                 self._emit(ids, tasks, span[:1], 0)
                 self._emit(ids, tasks, span[1:], TASKS.index("induction"))
