@@ -52,7 +52,25 @@ def _planted_demo(backend: Backend, device: Any, dtype: Any) -> Any:
     )
 
 
+def _bundled(name: str) -> Callable[..., Any]:
+    def build(backend: Backend, device: Any, dtype: Any) -> Any:
+        import importlib.resources
+
+        from headzoo._checkpoint import load_checkpoint
+
+        folder = importlib.resources.files("headzoo").joinpath(f"_data/zoo/{name}")
+        return load_checkpoint(str(folder), backend=backend, device=device, dtype=dtype, name=name)
+
+    return build
+
+
 _ZOO: dict[str, _ZooEntry] = {
+    "zoo-small": _ZooEntry(
+        "zoo-small",
+        "4 layers x 4 heads, d_model 128, with MLPs; trained here (20 min on 2 CPU cores) on headzoo's synthetic "
+        "curriculum: induction L3H3, retrieval L3H3/L3H2, previous-token L2H0 (experiments/train_zoo.py).",
+        _bundled("zoo-small"),
+    ),
     "planted-demo": _ZooEntry(
         "planted-demo",
         "3 layers x 4 heads, weights constructed by hand: previous-token L0H2, duplicate-token "
