@@ -20,7 +20,7 @@ from conftest import cached_planted
 
 @pytest.fixture(scope="module")
 def demo():
-    return hz.load_model()
+    return hz.load_model("planted-demo")
 
 
 @pytest.fixture(scope="module")

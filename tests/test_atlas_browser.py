@@ -74,7 +74,7 @@ def _check_clean(seen) -> None:
 
 
 def test_atlas_opens_offline_renders_and_opens_a_card(browser, tmp_path):
-    model = hz.load_model()
+    model = hz.load_model("planted-demo")
     atlas = hz.build_atlas(model)
     out = atlas.write(tmp_path / "atlas")
     page, seen = _open(browser, out)
@@ -127,5 +127,23 @@ def test_hostile_token_strings_show_as_text_and_run_nothing(browser, tmp_path):
     assert "<script>alert(1)</script>" in text and '"><svg/onload=alert(1)>' in text
     assert page.locator("#card script, #card svg[onload], #card img[onerror]").count() == 0
     page.wait_for_timeout(300)
+    _check_clean(seen)
+    page.close()
+
+
+def test_atlas_of_the_default_model(browser, tmp_path):
+    """The trained default model's atlas (the README's screenshot): its top induction head's card."""
+    atlas = hz.build_atlas(hz.load_model())
+    out = atlas.write(tmp_path / "atlas")
+    layer, head = (int(v) for v in atlas.scores.top(1, "induction")[["layer", "head"]].iloc[0])
+    page, seen = _open(browser, out)
+    page.wait_for_selector("#heatmaps .heatmap .main-svg")
+    assert page.locator("#heatmaps .heatmap").count() == len(atlas.scores.detectors)
+    page.locator(f"#heads tbody tr[data-head='L{layer}H{head}']").click()
+    page.wait_for_function(f"document.getElementById('card-title').textContent.includes('L{layer}H{head}')")
+    assert "induction" in page.inner_text("#card-labels")
+    page.wait_for_selector("#card-pattern svg, #card-pattern canvas, #card-pattern table")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "atlas-default.png"), full_page=True)
     _check_clean(seen)
     page.close()

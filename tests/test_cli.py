@@ -14,7 +14,7 @@ from headzoo._cli import main
 
 def test_detect_prints_the_planted_heads(capsys, tmp_path):
     out_file = tmp_path / "scores.parquet"
-    assert main(["detect", "--top", "1", "--out", str(out_file)]) == 0
+    assert main(["detect", "planted-demo", "--top", "1", "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "previous_token      0     2" in out and "induction      2     3" in out
     assert out_file.exists()

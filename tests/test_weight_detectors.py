@@ -223,7 +223,7 @@ def test_detect_all_skips_an_inapplicable_successor_but_a_named_one_raises():
 
 
 def test_successor_reports_per_task_accuracy_and_skipped_lists_on_the_demo_model():
-    model = hz.load_model()
+    model = hz.load_model("planted-demo")
     scores = hz.detect(model, "successor")
     assert scores.top(1, "successor")[["layer", "head"]].values.tolist() == [[1, 3]]
     details = scores.details("successor")
@@ -238,7 +238,7 @@ def test_successor_reports_per_task_accuracy_and_skipped_lists_on_the_demo_model
 
 
 def test_details_survive_save_and_load(tmp_path):
-    scores = hz.detect(hz.load_model(), ["successor", "copy_suppression"])
+    scores = hz.detect(hz.load_model("planted-demo"), ["successor", "copy_suppression"])
     back = hz.HeadScores.load(scores.save(tmp_path / "s.parquet"))
     assert back.details("successor").equals(scores.details("successor"))
     assert back.to_frame().equals(scores.to_frame()) and back.meta == scores.meta
@@ -247,7 +247,7 @@ def test_details_survive_save_and_load(tmp_path):
 
 
 def test_explicit_tasks_are_checked():
-    model = hz.load_model()
+    model = hz.load_model("planted-demo")
     with pytest.raises(hz.InvalidTokensError, match="outside the vocabulary"):
         hz.detect(model, "successor", tasks=[[5, 6, 999]])
     with pytest.raises(hz.InvalidTokensError, match="at least two"):
@@ -267,7 +267,7 @@ def test_explicit_tasks_are_checked():
 @pytest.mark.parametrize("option,value", [("n_tokens", 1), ("k", 0), ("embedding", "mlp1"), ("seed", "x")])
 def test_bad_options_raise(option, value):
     with pytest.raises(hz.InvalidOptionError):
-        hz.detect(hz.load_model(), "copy_suppression", **{option: value})
+        hz.detect(hz.load_model("planted-demo"), "copy_suppression", **{option: value})
 
 
 def test_weight_detectors_work_on_a_grouped_query_model():

@@ -45,11 +45,13 @@ def test_training_is_reproducible(tmp_path):
 
 
 def _tiny_checkpoint(tmp_path) -> Path:
-    sys.path.insert(0, str(REPO / "experiments"))
-    from train_zoo import build, model_config
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = model_config("tiny")
-    model = build(cfg, 0)
+    cfg = dict(n_layers=2, d_model=64, n_ctx=64, d_head=32, n_heads=2, d_vocab=len(VOCABULARY) + 2, d_mlp=256,
+               act_fn="gelu", normalization_type="LN", positional_embedding_type="standard")
+    torch.manual_seed(0)
+    model = TransformerBridge.boot_native(TransformerBridgeConfig(**cfg))
     return save_checkpoint(tmp_path / "ckpt", from_bridge_state_dict(model.state_dict(), cfg), cfg,
                            word_tokenizer(list(VOCABULARY)), name="zoo-test")
 

@@ -14,7 +14,7 @@ from headzoo._errors import ModelNotFoundError, did_you_mean
 
 __all__ = ["load_model", "list_models", "DEFAULT_MODEL"]
 
-DEFAULT_MODEL = "planted-demo"
+DEFAULT_MODEL = "zoo-small"
 
 
 @dataclass(frozen=True)
