@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--export-only", action="store_true", help="only write OUT/model/ from the last checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this step as if killed (tests the resume)")
     args = p.parse_args()
     if args.export_only:
         export(Path(args.out), model_config(args.config), args, args.steps or CONFIGS[args.config]["steps"])
@@ -135,6 +136,10 @@ def main() -> None:
             torch.save({"optimizer": opt.state_dict(), "step": step + 1,
                         "args": {"config": args.config, "seed": args.seed, "steps": steps}}, ckpt / "state.tmp")
             (ckpt / "state.tmp").replace(ckpt / "state.pt")
+        if args.stop_after is not None and step + 1 >= args.stop_after:
+            log.close()
+            print(f"stopped after step {step + 1} (--stop-after)", file=sys.stderr)
+            return
     log.close()
     print(f"trained {steps} steps in {time.time() - t0:.0f} s; checkpoint in {ckpt}")
     export(out, cfg, args, steps)

@@ -285,6 +285,6 @@ def test_a_hugging_face_gpt2_and_a_bfloat16_model(hf_gpt2):
     frame = hz.detect(model, ["copy_suppression", "copying"], n_tokens=32).to_frame()
     assert len(frame) == 2 * 2 * 4 and frame["score"].between(0, 1).all()
 
-    demo = hz.load_model(dtype=torch.bfloat16)
+    demo = hz.load_model("planted-demo", dtype=torch.bfloat16)
     top = hz.detect(demo, ["copy_suppression", "successor"]).top(1)
     assert top[["layer", "head"]].values.tolist() == [[2, 0], [1, 3]]

@@ -44,6 +44,18 @@ def test_training_is_reproducible(tmp_path):
     assert runs[0] == runs[1] and len(runs[0]) == 12
 
 
+def test_a_killed_run_resumes_to_the_same_loss_curve(tmp_path):
+    script = [sys.executable, str(REPO / "experiments" / "train_zoo.py"), "--config", "tiny", "--steps", "12",
+              "--log-every", "1", "--save-every", "4"]
+    subprocess.run([*script, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    subprocess.run([*script, "--out", str(tmp_path / "split"), "--stop-after", "8"], check=True, capture_output=True)
+    subprocess.run([*script, "--out", str(tmp_path / "split")], check=True, capture_output=True)
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    split = [json.loads(x) for x in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in split] == list(range(12))
+    assert [r["loss"] for r in split] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
+
+
 def _tiny_checkpoint(tmp_path) -> Path:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
