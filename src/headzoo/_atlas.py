@@ -17,7 +17,7 @@ import html
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -27,10 +27,10 @@ import torch
 
 from headzoo._detector import Detector, PatternDetector
 from headzoo._errors import DetectorNotApplicableError, InvalidOptionError, InvalidTokensError, UnsupportedModelError
-from headzoo._models import ModelInfo, library_versions, model_info, pattern_hook
+from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
 from headzoo._results import HeadScores, _normalise, _write_atomic
-from headzoo._runner import _detect, _select, _user_prompts
+from headzoo._runner import _detect, _forward_with_reducers, _select, _user_prompts
 
 __all__ = ["build_atlas", "HeadAtlas"]
 
@@ -38,6 +38,14 @@ _FORMAT = "headzoo.HeadAtlas/1"
 _TOP_KEYS = 5
 _TOP_OV = 5
 _OV_SOURCES = 64
+
+
+def _json_for_script(value: Any) -> str:
+    """JSON to place inside ``<script>``: no ``</script>``, ``<!--`` or anything a browser parses
+    as markup (``<``, ``>``, ``&`` and the JavaScript line separators are escaped)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 def _token_strings(model: Any, ids: Sequence[int]) -> list[str]:
@@ -72,11 +80,7 @@ def _merge(parts: list[HeadScores]) -> HeadScores:
         for name in m["detectors"]:
             meta["probes"][name] = m["probe"]
         skipped.update(m.get("skipped_detectors", {}))
-        for name in p.detectors:
-            try:
-                details[name] = p.details(name)
-            except KeyError:
-                pass
+        details.update({name: p.details(name) for name in p.detectors if _has_details(p, name)})
     meta.pop("probe", None)
     if skipped:
         meta["skipped_detectors"] = skipped
@@ -89,28 +93,17 @@ def _merge(parts: list[HeadScores]) -> HeadScores:
 
 
 def _example_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor) -> np.ndarray:
-    """Every head's attention pattern on one prompt, ``[layer, head, query, key]`` float32."""
+    """Every head's attention pattern on one prompt, ``[layer, head, query, key]`` float32.
+
+    The runner's pattern pass: it stops after the last attention layer, so no logits are made.
+    """
     out = np.zeros((info.n_layers, info.n_heads, len(tokens), len(tokens)), dtype=np.float32)
-    fired = set()
-    handles = []
 
-    def make(layer: int) -> Callable:
-        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            fired.add(layer)
-            out[layer] = output[0].detach().float().cpu().numpy()
+    def keep(layer: int, pattern: torch.Tensor) -> None:
+        out[layer] = pattern[0].detach().float().cpu().numpy()
 
-        return hook
-
-    try:
-        for layer in range(info.n_layers):
-            handles.append(model.hook_dict[pattern_hook(layer)].register_forward_hook(make(layer)))
-        with torch.no_grad():
-            model(tokens[None].to(info.device))
-    finally:
-        for h in handles:
-            h.remove()
-    if len(fired) != info.n_layers:
-        raise UnsupportedModelError("the attention patterns of this model cannot be read (a fused attention kernel)")
+    with torch.no_grad():
+        _forward_with_reducers(model, info, tokens[None].to(info.device), keep)
     return out
 
 
@@ -222,10 +215,7 @@ class HeadAtlas:
 
     def html(self) -> str:
         """The page, referring to ``assets/plotly.min.js`` and ``assets/circuitsvis.js``."""
-        data = json.dumps(self._payload(), ensure_ascii=False, allow_nan=False)
-        # JSON inside <script>: no "</script>", no "<!--", nothing a browser parses as markup
-        data = (data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-                .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+        data = _json_for_script(self._payload())
         title = html.escape(f"headzoo atlas: {self.meta['model'].get('name', 'model')}")
         return _PAGE.replace("__TITLE__", title).replace("__DATA__", data)
 

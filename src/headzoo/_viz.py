@@ -15,16 +15,11 @@ from typing import Any, final
 
 import numpy as np
 
+from headzoo._atlas import _json_for_script
 from headzoo._errors import InvalidOptionError
 from headzoo._models import model_info
 
 __all__ = ["attention_view", "AttentionView"]
-
-
-def _json_for_script(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 @final
