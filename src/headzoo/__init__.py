@@ -18,6 +18,12 @@ from headzoo._detector import (
 )
 from headzoo._embedding import EMBEDDING_VARIANTS, effective_embedding, embedding_metadata
 from headzoo._errors import (
+    ConformanceError,
+    CorruptFileError,
+    EmptyResultError,
+    InvalidCacheError,
+    InvalidScoresError,
+    NonFiniteError,
     DetectorDefinitionError,
     DetectorNotApplicableError,
     DuplicateDetectorError,
@@ -98,4 +104,10 @@ __all__ = [
     "ModelNotFoundError",
     "UnknownDetectorError",
     "UnsupportedModelError",
+    "ConformanceError",
+    "CorruptFileError",
+    "EmptyResultError",
+    "InvalidCacheError",
+    "InvalidScoresError",
+    "NonFiniteError",
 ]

@@ -16,6 +16,12 @@ __all__ = [
     "UnsupportedModelError",
     "ModelNotFoundError",
     "DetectorNotApplicableError",
+    "InvalidCacheError",
+    "NonFiniteError",
+    "InvalidScoresError",
+    "EmptyResultError",
+    "CorruptFileError",
+    "ConformanceError",
 ]
 
 
@@ -78,3 +84,27 @@ class ModelNotFoundError(HeadzooError, LookupError):
 
 class DetectorNotApplicableError(HeadzooError, ValueError):
     """A detector that cannot score this model (e.g. no ordinal task its tokenizer expresses)."""
+
+
+class InvalidCacheError(HeadzooError, ValueError):
+    """A cache that does not belong to the given tokens or model (or holds no attention patterns)."""
+
+
+class NonFiniteError(HeadzooError, ValueError):
+    """NaN or infinity in a model's weights, a pattern or a score, where a number was needed."""
+
+
+class InvalidScoresError(HeadzooError, ValueError):
+    """A detector returned scores of the wrong shape or type."""
+
+
+class EmptyResultError(HeadzooError, ValueError):
+    """A computation that scored nothing (no query had a matching key, no prompt long enough)."""
+
+
+class CorruptFileError(HeadzooError, ValueError):
+    """A saved result whose content does not match its checksum, or that is not a headzoo file."""
+
+
+class ConformanceError(HeadzooError, AssertionError):
+    """A detector that breaks a rule of :func:`headzoo.testing.check_detector`."""
