@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import types
 import typing
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
@@ -50,11 +52,10 @@ class Detector(abc.ABC):
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            allowed = typing.get_args(hints.get(f.name)) if typing.get_origin(hints.get(f.name)) is Literal else ()
             value = getattr(self, f.name)
-            if allowed and value not in allowed:
+            if f.name in hints and not _fits(hints[f.name], value):
                 raise InvalidOptionError(
-                    f"{self.name}: option {f.name}={value!r} is not one of {list(allowed)}."
+                    f"{self.name}: option {f.name}={value!r} ({type(value).__name__}) is not {_describe(hints[f.name])}."
                 )
 
     def options(self) -> dict[str, Any]:
@@ -87,6 +88,38 @@ class Detector(abc.ABC):
             :class:`DetectorOutput` with ``metrics["score"]`` at least; NaN marks a head not scored.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether ``value`` is of the declared option type: ``True`` is no int, ``1.7`` no int,
+    ``"no"`` no bool. Types this check does not know are accepted."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return {bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The needle-in-a-haystack probe, and greedy decoding that records what each head copies.
+"""The needle-in-a-haystack probe, and what its greedy decoding says each head copies.
 
 Retrieval heads (Wu, Wang, Xiao, Peng, Fu 2024, arXiv 2404.15574) are the few heads that copy a
 fact out of a long context: while the model writes the answer, the head's strongest attention
@@ -26,8 +26,11 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from headzoo._errors import DetectorNotApplicableError, InvalidOptionError, UnsupportedModelError
-from headzoo._models import ModelInfo, model_info, pattern_hook
+from headzoo._decode import greedy_decode
+from headzoo._errors import DetectorNotApplicableError, InvalidOptionError
+from headzoo._forward import check_finite
+from headzoo._models import ModelInfo, model_info
+from headzoo._tokens import check_bool, check_int, ordinary_ids
 
 __all__ = ["NeedleHaystack", "NeedleTrials", "NeedleRun", "decode_needles"]
 
@@ -146,7 +149,7 @@ class NeedleHaystack:
         bos = info.prepend_bos if self.prepend_bos is None else self.prepend_bos
         if bos and info.bos_token_id is None:
             raise InvalidOptionError("prepend_bos=True but the model has no tokenizer with a BOS token")
-        ordinary = _ordinary_ids(info)
+        ordinary = ordinary_ids(info)
         text, reason = _TextFiller.make(getattr(model, "tokenizer", None), ordinary, self)
         filler = "text" if text is not None else "random"
         if self.question == "natural" and text is None:
@@ -208,13 +211,6 @@ class NeedleHaystack:
             "n_decode": self.n_decode,
         }
         return NeedleTrials(tuple(tokens), tuple(answers), pd.DataFrame(rows), self.n_decode, meta)
-
-
-def _ordinary_ids(info: ModelInfo) -> torch.Tensor:
-    ids = torch.arange(info.n_real_tokens)
-    if info.special_token_ids:
-        ids = ids[~torch.isin(ids, torch.tensor(info.special_token_ids))]
-    return ids
 
 
 def _draw(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -480,81 +476,6 @@ class NeedleRun:
         return df
 
 
-def _kv_class() -> Any:
-    """TransformerLens' own key-value cache class (its module moved between releases)."""
-    for module, name in (
-        ("transformer_lens.cache.key_value_cache", "TransformerLensKeyValueCache"),
-        ("transformer_lens.past_key_value_caching", "HookedTransformerKeyValueCache"),
-    ):
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
-class _Stop(Exception):
-    """Raised at the unembedding: only the last position's logits are computed."""
-
-
-class _Decoder:
-    """Greedy decoding of one batch of equal-length prompts, keeping each head's argmax key."""
-
-    def __init__(self, model: Any, info: ModelInfo, record: bool, hooks: Any) -> None:
-        self.model, self.info, self.record, self.hooks = model, info, record, hooks
-        self.keys: dict[int, torch.Tensor] = {}
-
-    def forward(self, fn: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run ``fn()`` (a forward pass): the last position's logits ``[batch, vocab]`` and the
-        argmax keys ``[batch, layer, head]`` (``None`` when not recording).
-
-        Only the last position is unembedded: the unembedding's input is caught and the pass
-        stops there, so a long prompt never materialises ``[batch, pos, vocab]`` logits.
-        """
-        self.keys.clear()
-        got: dict[str, torch.Tensor] = {}
-        handles = []
-        unembed = getattr(self.model, "unembed", None)
-        if isinstance(unembed, torch.nn.Module):
-            def grab(module: Any, args: Any) -> None:
-                got["x"] = args[0][:, -1:]
-                raise _Stop
-
-            handles.append(unembed.register_forward_pre_hook(grab))
-        if self.record:
-            for layer in range(self.info.n_layers):
-                handles.append(self.model.hook_dict[pattern_hook(layer)].register_forward_hook(self._keeper(layer)))
-        try:
-            with self.model.hooks(fwd_hooks=self.hooks or []):
-                try:
-                    out = fn()
-                except _Stop:
-                    out = None
-        finally:
-            for h in handles:
-                h.remove()
-        if out is None:
-            out = unembed(got["x"])
-        keys = None
-        if self.record:
-            if len(self.keys) != self.info.n_layers:
-                silent = [pattern_hook(layer) for layer in range(self.info.n_layers) if layer not in self.keys]
-                raise UnsupportedModelError(
-                    f"The attention patterns of this model cannot be read: {silent} never fired during "
-                    "decoding (a fused attention kernel skips them). Load the model with eager attention, "
-                    "or for a TransformerBridge call enable_compatibility_mode()."
-                )
-            keys = torch.stack([self.keys[layer] for layer in range(self.info.n_layers)], 1).cpu()
-        return out[:, -1].float(), keys
-
-    def _keeper(self, layer: int) -> Any:
-        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            # the emitting query is the last row; nothing else of the pattern is kept
-            self.keys[layer] = output[:, :, -1, :].detach().argmax(-1).to(torch.int32)
-
-        return hook
-
-
 def decode_needles(
     model: Any,
     trials: NeedleTrials,
@@ -589,144 +510,25 @@ def decode_needles(
     from headzoo._ablation import ablation_hooks
 
     info = model_info(model)
+    check_finite(model)
     if not isinstance(trials, NeedleTrials):
         raise InvalidOptionError(f"trials must come from hz.NeedleHaystack(...).build(model); got {type(trials).__name__}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidOptionError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    use_kv_cache = check_bool(use_kv_cache, "use_kv_cache")
     if mask_method not in ("uniform", "zero"):
         raise InvalidOptionError(f"mask_method must be 'uniform' or 'zero'; got {mask_method!r}")
     too_long = [i for i, t in enumerate(trials.tokens) if len(t) + trials.n_decode - 1 > info.n_ctx]
     if too_long or any(int(t.max()) >= info.d_vocab for t in trials.tokens):
         raise InvalidOptionError("these trials were built for another model (they do not fit this one); build them with this model")
+    edit = None
     if mask_heads is not None:
         ablation_hooks(model, mask_heads, mask_method)  # checks the heads and hooks up front
-    device = torch.device(info.device)
-    n, steps = len(trials), trials.n_decode
-    generated = torch.zeros(n, steps, dtype=torch.long)
-    keys = torch.zeros(n, steps, info.n_layers, info.n_heads, dtype=torch.int32) if mask_heads is None else None
-    by_len: dict[int, list[int]] = {}
-    for i, t in enumerate(trials.tokens):
-        by_len.setdefault(len(t), []).append(i)
-    batches = [idx[k : k + batch_size] for idx in by_len.values() for k in range(0, len(idx), batch_size)]
-    if mask_heads is not None:
-        state = _Mode(False, "recompute: masked heads need every value at each step")
-    else:
-        state = _Mode(use_kv_cache, "kv_cache" if use_kv_cache else "recompute: use_kv_cache=False")
-    show = progress if progress is not None else n > 64
-    bar = tqdm(total=n, desc="headzoo needles", unit="trial", disable=not show, leave=False)
-    try:
-        with torch.no_grad():
-            for idx in batches:
-                prompt = torch.stack([trials.tokens[i] for i in idx]).to(device)
-                hooks = None
-                if mask_heads is not None:
-                    hooks = ablation_hooks(model, mask_heads, mask_method, positions=slice(prompt.shape[1] - 1, None))
-                decoder = _Decoder(model, info, keys is not None, hooks)
-                gen, got = _decode_batch(model, decoder, prompt, steps, state)
-                generated[idx] = gen
-                if keys is not None:
-                    keys[idx] = got
-                bar.update(len(idx))
-    finally:
-        bar.close()
+
+        def edit(prompt_len: int) -> list:
+            # every query that emits a token: the prompt's last position and each decoded one
+            return ablation_hooks(model, mask_heads, mask_method, positions=slice(prompt_len - 1, None))
+
+    out = greedy_decode(model, info, trials.tokens, trials.n_decode, batch_size=batch_size, use_kv_cache=use_kv_cache,
+                        record_keys=mask_heads is None, edit=edit, progress=progress, desc="headzoo needles")
     masked = None if mask_heads is None else {"heads": [list(map(int, h)) for h in mask_heads], "method": mask_method}
-    return NeedleRun(trials, generated, keys, state.reason, masked)
-
-
-class _Mode:
-    """How a run decodes: with the key-value cache (checked once) or by full forwards."""
-
-    def __init__(self, cache: bool, reason: str) -> None:
-        self.cache, self.reason, self.verified = cache, reason, False
-
-
-class _NoCache(Exception):
-    """The model returned no key-value cache."""
-
-
-def _decode_batch(model: Any, decoder: _Decoder, prompt: torch.Tensor, steps: int, state: _Mode) -> tuple[torch.Tensor, Any]:
-    """Decode ``steps`` tokens: ``(generated [b, steps], keys [b, steps, layer, head] or None)``."""
-    if state.cache:
-        try:
-            out = _decode_cached(model, decoder, prompt, steps, verify=not state.verified)
-        except _NoCache:
-            state.cache, state.reason = False, "recompute: the model has no key-value cache (a full forward per step)"
-        else:
-            if out is not None:
-                state.verified = True
-                gens, keys, kind = out
-                state.reason = f"kv_cache ({kind})"
-                return gens, keys
-            state.cache, state.reason = False, "recompute: the key-value cache disagreed with a full forward"
-    gens, keys = [], []
-    seq = prompt
-    for step in range(steps):
-        logits, k = decoder.forward(lambda: model(seq))
-        nxt = logits.argmax(-1)
-        gens.append(nxt.cpu())
-        keys.append(k)
-        if step + 1 < steps:
-            seq = torch.cat([seq, nxt[:, None]], 1)
-    return torch.stack(gens, 1), (torch.stack(keys, 1) if decoder.record else None)
-
-
-def _decode_cached(
-    model: Any, decoder: _Decoder, prompt: torch.Tensor, steps: int, verify: bool
-) -> tuple[torch.Tensor, Any, str] | None:
-    """Decode with the model's key-value cache; ``None`` when it disagrees with a full forward.
-
-    Raises:
-        _NoCache: the model has no key-value cache.
-    """
-    if "past_kv_cache" in inspect.signature(model.forward).parameters:
-        kv_class = _kv_class()
-        if kv_class is None:
-            raise _NoCache
-        kind = "HookedTransformer"
-        cache = kv_class.init_cache(model.cfg, prompt.device, prompt.shape[0])
-
-        def run(ids: torch.Tensor) -> Any:
-            # an explicit all-ones mask: TransformerLens would otherwise mask every token whose
-            # id is the pad id (often the BOS id) once a cache is in use, unlike a full forward
-            return model(ids, past_kv_cache=cache, attention_mask=torch.ones_like(ids))
-    else:
-        kind = "Hugging Face"
-        try:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-        except (ImportError, TypeError) as exc:
-            raise _NoCache from exc
-
-        def run(ids: torch.Tensor) -> Any:
-            # The cache is ours and Hugging Face fills it in place, so the pass may stop at the
-            # unembedding (see _Decoder.forward) and the cache is still complete.
-            before = cache.get_seq_length()
-            try:
-                out = model(ids, past_key_values=cache)
-            except _Stop:
-                out = None
-            except (TypeError, ValueError, NotImplementedError, AttributeError) as exc:
-                raise _NoCache from exc
-            if cache.get_seq_length() != before + ids.shape[1]:
-                raise _NoCache  # the model ignored the cache (boot_native bridges have none)
-            if out is None:
-                raise _Stop
-            return out
-
-    logits, k = decoder.forward(lambda: run(prompt))
-    gens, keys = [logits.argmax(-1)], [k]
-    seq = prompt
-    for step in range(1, steps):
-        seq = torch.cat([seq, gens[-1][:, None].to(seq.device)], 1)
-        logits, k = decoder.forward(lambda: run(seq[:, -1:]))
-        if verify and step == 1:
-            # Checked once per run against a full forward: a cache that silently disagrees (a
-            # custom attention, hooks that edit keys) would make every later step wrong.
-            full, _ = decoder.forward(lambda: model(seq))
-            tol = (1e-3 if full.dtype == torch.float32 else 3e-2) * max(1.0, float(full.abs().max()))
-            if not torch.allclose(logits, full, atol=tol, rtol=0):
-                return None
-        gens.append(logits.argmax(-1))
-        keys.append(k)
-    return torch.stack([g.cpu() for g in gens], 1), (torch.stack(keys, 1) if decoder.record else None), kind
+    return NeedleRun(trials, out.generated, out.keys, out.mode, masked)

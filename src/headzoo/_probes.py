@@ -18,6 +18,7 @@ from jaxtyping import Int
 
 from headzoo._errors import InvalidOptionError
 from headzoo._models import ModelInfo
+from headzoo._tokens import check_bool, check_int, ordinary_ids
 
 __all__ = ["RepeatedTokens"]
 
@@ -43,21 +44,19 @@ class RepeatedTokens:
 
     def __post_init__(self) -> None:
         for name in ("n_prompts", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidOptionError(f"{name} must be a positive integer; got {value!r}")
-        if self.half_len is not None and (not isinstance(self.half_len, int) or self.half_len < 2):
-            raise InvalidOptionError(f"half_len must be an integer >= 2; got {self.half_len!r}")
+            check_int(getattr(self, name), name, minimum=1)
+        check_int(self.seed, "seed")
+        if self.half_len is not None:
+            check_int(self.half_len, "half_len", minimum=2)
+        if self.prepend_bos is not None:
+            check_bool(self.prepend_bos, "prepend_bos")
 
     def resolve(self, info: ModelInfo) -> tuple[int, bool, torch.Tensor]:
         """``(half_len, bos, candidate_ids)`` for ``info``'s model, checked to fit."""
         bos = info.prepend_bos if self.prepend_bos is None else self.prepend_bos
         if bos and info.bos_token_id is None:
             raise InvalidOptionError("prepend_bos=True but the model has no tokenizer with a BOS token")
-        candidates = torch.arange(info.n_real_tokens)
-        if info.special_token_ids:
-            special = torch.tensor(info.special_token_ids)
-            candidates = candidates[~torch.isin(candidates, special)]
+        candidates = ordinary_ids(info)
         room = (info.n_ctx - int(bos)) // 2
         half = self.half_len if self.half_len is not None else min(50, room, len(candidates))
         if half > room:
