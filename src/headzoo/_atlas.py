@@ -30,7 +30,8 @@ from headzoo._errors import DetectorNotApplicableError, InvalidOptionError, Inva
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
 from headzoo._results import HeadScores, _normalise, _write_atomic
-from headzoo._runner import _detect, _forward_with_reducers, _select, _user_prompts
+from headzoo._runner import read_patterns, run_detectors, select_detectors
+from headzoo._tokens import as_prompts
 
 __all__ = ["build_atlas", "HeadAtlas"]
 
@@ -103,7 +104,7 @@ def _example_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor) -> np.n
         out[layer] = pattern[0].detach().float().cpu().numpy()
 
     with torch.no_grad():
-        _forward_with_reducers(model, info, tokens[None].to(info.device), keep)
+        read_patterns(model, info, tokens[None].to(info.device), keep)
     return out
 
 
@@ -297,7 +298,7 @@ def build_atlas(
         :class:`HeadAtlas`; ``atlas.write(directory)`` writes the page.
     """
     info = model_info(model)
-    selected = _select(detectors, dict(options, seed=seed))
+    selected = select_detectors(detectors, dict(options, seed=seed))
     explicit = detectors is not None
     cache = Path(cache_dir) if cache_dir is not None else None
     parts: list[HeadScores] = []
@@ -318,7 +319,7 @@ def build_atlas(
             except Exception:  # a damaged cache file is recomputed, never trusted
                 pass
         try:
-            part = _detect(model, unit, tokens=None, cache=None, explicit=explicit, seed=seed, progress=progress,
+            part = run_detectors(model, unit, tokens=None, cache=None, explicit=explicit, seed=seed, progress=progress,
                            **{k: v for k, v in options.items() if k in _unit_options(unit)})
         except DetectorNotApplicableError as exc:
             if explicit:
@@ -369,9 +370,9 @@ def build_atlas(
 
 
 def _unit_options(unit: list[Detector]) -> set[str]:
-    from headzoo._runner import _PROBE_OPTIONS
+    from headzoo._runner import PROBE_OPTIONS
 
-    names = set(_PROBE_OPTIONS) if any(isinstance(d, PatternDetector) for d in unit) else set()
+    names = set(PROBE_OPTIONS) if any(isinstance(d, PatternDetector) for d in unit) else set()
     for d in unit:
         names |= {f.name for f in dataclasses.fields(d)}  # type: ignore[arg-type]
     return names - {"seed"}
@@ -391,7 +392,7 @@ def _example_ids(model: Any, info: ModelInfo, example: Any, seed: int) -> torch.
         half, _, _ = probe.resolve(info)
         probe = dataclasses.replace(probe, half_len=min(20, half))
         return next(iter(probe.batches(info)))[0]
-    prompts = _user_prompts(model, info, example)
+    prompts = as_prompts(model, info, example, "example")
     if len(prompts) != 1:
         raise InvalidTokensError(f"example must be one prompt; got {len(prompts)}")
     if len(prompts[0]) > 128:

@@ -320,7 +320,8 @@ class KVCache:
         if self.kind == "HookedTransformer":
             # An explicit all-ones mask: TransformerLens would otherwise mask every token whose id
             # is the pad id (often the BOS id) once a cache is in use, unlike a full forward.
-            kwargs["attention_mask"] = torch.ones(ids.shape[0], self.seen + ids.shape[1], dtype=torch.long, device=ids.device)
+            # HookedTransformer takes the mask of the new tokens only and extends it from the cache.
+            kwargs["attention_mask"] = torch.ones_like(ids)
 
         def call() -> Any:
             handles = []

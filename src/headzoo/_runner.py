@@ -16,34 +16,34 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from headzoo._circuits import WeightCircuits
 from headzoo._detector import Detector, DetectorOutput, PatternDetector, WeightDetector
 from headzoo._errors import (
     DetectorNotApplicableError,
+    EmptyResultError,
+    InvalidCacheError,
     InvalidOptionError,
+    InvalidScoresError,
     InvalidTokensError,
     MissingHooksError,
+    NonFiniteError,
     UnsupportedModelError,
 )
-from headzoo._models import ModelInfo, library_versions, model_info, pattern_hook
+from headzoo._forward import check_finite, hook_name, run
+from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import detector_class, registered_names
 from headzoo._results import HeadScores
+from headzoo._tokens import Padded, as_prompts, check_bool, pad_right
 
-__all__ = ["detect"]
+__all__ = ["detect", "run_detectors", "select_detectors", "read_patterns", "PROBE_OPTIONS"]
 
-_PROBE_OPTIONS = {f.name for f in dataclasses.fields(RepeatedTokens)}
+PROBE_OPTIONS = {f.name for f in dataclasses.fields(RepeatedTokens)}
 _RUNNER_OPTIONS = {"progress"}
-
-
-class _StopForward(Exception):
-    """Raised from the last pattern hook: nothing after it is needed."""
 
 
 def detect(
@@ -61,7 +61,8 @@ def detect(
         detectors: a name, a detector instance, a list of them, or ``None`` for all registered.
         tokens: the user's text to score on: a string, a list of strings (needs the model's
             tokenizer), or token ids ``[pos]`` / ``[batch, pos]`` (tensor, array or nested
-            lists; ragged lists are scored prompt by prompt). ``None``: each detector's probe.
+            lists; prompts of different lengths are batched with right padding, which is exact
+            under causal attention, and pads are never scored). ``None``: each detector's probe.
         cache: the ``ActivationCache`` (or dict) of ``model.run_with_cache(tokens)``; pattern
             scores are then read from it without running the model. Needs ``tokens`` for
             detectors that compare token identities.
@@ -71,19 +72,40 @@ def detect(
 
     Returns:
         :class:`HeadScores` with one row per (detector, layer, head).
+
+    Raises:
+        NonFiniteError: a parameter of the model holds NaN or infinity (named).
+        InvalidCacheError: ``cache`` was not made by this model from these tokens, or holds
+            something other than attention patterns.
+        EmptyResultError: a detector you named could score no head on these prompts (with
+            ``detectors=None`` it is skipped instead, with a warning, and listed in
+            ``meta["skipped_detectors"]``).
+        InvalidScoresError: a detector returned scores of the wrong shape.
     """
-    return _detect(model, detectors, tokens=tokens, cache=cache, explicit=detectors is not None, **options)
+    return run_detectors(model, detectors, tokens=tokens, cache=cache, explicit=detectors is not None, **options)
 
 
-def _detect(model: Any, detectors: Any, *, tokens: Any, cache: Any, explicit: bool, **options: Any) -> HeadScores:
+def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explicit: bool, **options: Any) -> HeadScores:
     """:func:`detect`; with ``explicit=False`` a detector that does not apply is skipped (and
     reported) instead of raising, as when every registered detector runs."""
     info = model_info(model)
-    selected = _select(detectors, options)
-    probe = RepeatedTokens(**{k: v for k, v in options.items() if k in _PROBE_OPTIONS})
+    check_finite(model)
+    selected = select_detectors(detectors, options)
+    probe = RepeatedTokens(**{k: v for k, v in options.items() if k in PROBE_OPTIONS})
     progress = options.get("progress")
+    if progress is not None:
+        check_bool(progress, "progress")
     patterned = [d for d in selected if isinstance(d, PatternDetector)]
     metrics: dict[str, dict[str, torch.Tensor]] = {}
+    skipped: dict[str, str] = {}
+
+    def skip(det: Detector, exc: Exception) -> None:
+        # Running every registered detector: one that cannot apply to this model (or these
+        # tokens) is reported in the metadata, and warned about, not allowed to sink the rest.
+        warnings.warn(f"headzoo skipped a detector. {exc}", stacklevel=3)
+        skipped[det.name] = str(exc)
+        selected.remove(det)
+
     if patterned:
         if cache is not None:
             batches, source = _cache_batches(model, info, cache, tokens, patterned)
@@ -91,14 +113,27 @@ def _detect(model: Any, detectors: Any, *, tokens: Any, cache: Any, explicit: bo
             token_batches, source = _user_batches(model, info, tokens, probe.batch_size)
             batches = ((t, None) for t in token_batches)
         else:
-            batches, source = ((t, None) for t in probe.batches(info)), probe.metadata(info)
-        metrics.update(_score_patterns(model, info, patterned, batches, source, progress))
+            batches = ((pad_right(list(t)), None) for t in probe.batches(info))
+            source = probe.metadata(info)
+        scored_metrics, scored = _score_patterns(model, info, patterned, batches, source, progress)
+        for det in patterned:
+            if not bool((scored[det.name] > 0).any()):
+                exc = EmptyResultError(
+                    f"{det.name}: no query in the {source.get('n_prompts', '?')} prompt(s) (lengths "
+                    f"{source.get('lengths', '?')}) has a key this detector looks for ({det.description.rstrip('.')}), "
+                    "so no head could be scored. Give longer prompts, or prompts with what the detector needs "
+                    "(repeated tokens for induction and duplicate-token heads)."
+                )
+                if explicit:
+                    raise exc
+                skip(det, exc)
+            else:
+                metrics[det.name] = scored_metrics[det.name]
     else:
         source = {"kind": "weights"}
     circuits: WeightCircuits | None = None
     results: dict[str, dict[str, Any]] = {}
     details: dict[str, pd.DataFrame] = {}
-    skipped: dict[str, str] = {}
     for det in list(selected):
         if not isinstance(det, PatternDetector):
             if circuits is None and isinstance(det, WeightDetector):
@@ -108,20 +143,19 @@ def _detect(model: Any, detectors: Any, *, tokens: Any, cache: Any, explicit: bo
             except DetectorNotApplicableError as exc:
                 if explicit:
                     raise
-                # Running every registered detector: one that cannot apply to this model is
-                # reported in the metadata (and warned about), not allowed to sink the rest.
-                warnings.warn(f"headzoo skipped a detector. {exc}", stacklevel=2)
-                skipped[det.name] = str(exc)
-                selected.remove(det)
+                skip(det, exc)
                 continue
             if not isinstance(output, DetectorOutput):
-                raise TypeError(f"{type(det).__name__}.compute must return hz.DetectorOutput; got {type(output).__name__}")
+                raise InvalidScoresError(f"{type(det).__name__}.compute must return hz.DetectorOutput; got {type(output).__name__}")
+            _check_output(det, output.metrics, info, "compute()")
             metrics[det.name] = dict(output.metrics)
             if output.meta:
                 results[det.name] = output.meta
             if output.details is not None:
                 details[det.name] = output.details
-        metrics[det.name].update(det.weight_scores(model))
+        extra = det.weight_scores(model)
+        _check_output(det, extra, info, "weight_scores()")
+        metrics[det.name].update(extra)
     if not selected:
         raise DetectorNotApplicableError(f"no selected detector applies to this model: {skipped}")
     meta = {
@@ -138,7 +172,7 @@ def _detect(model: Any, detectors: Any, *, tokens: Any, cache: Any, explicit: bo
     return HeadScores(_to_frame(metrics, selected), meta, details=details)
 
 
-def _select(detectors: Any, options: dict[str, Any]) -> list[Detector]:
+def select_detectors(detectors: Any, options: dict[str, Any]) -> list[Detector]:
     if detectors is None:
         items: list[Any] = registered_names()
     elif isinstance(detectors, (str, Detector)):
@@ -164,7 +198,7 @@ def _select(detectors: Any, options: dict[str, Any]) -> list[Detector]:
     if dupes:
         raise InvalidOptionError(f"detector(s) {dupes} selected more than once")
     fields_of = {c.name: {f.name for f in dataclasses.fields(c)} for c in classes}  # type: ignore[arg-type]
-    known = _PROBE_OPTIONS | _RUNNER_OPTIONS | set().union(*fields_of.values())
+    known = PROBE_OPTIONS | _RUNNER_OPTIONS | set().union(*fields_of.values())
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidOptionError(
@@ -177,77 +211,50 @@ def _select(detectors: Any, options: dict[str, Any]) -> list[Detector]:
     return selected
 
 
-def _check_ids(ids: torch.Tensor, info: ModelInfo, what: str) -> None:
-    if ids.dtype in (torch.bool,) or ids.is_floating_point() or ids.is_complex():
-        raise InvalidTokensError(f"{what} must be integer token ids; got dtype {ids.dtype}")
-    if ids.ndim not in (1, 2):
-        raise InvalidTokensError(f"{what} must have shape [pos] or [batch, pos]; got {tuple(ids.shape)}")
-    if ids.numel() == 0:
-        raise InvalidTokensError(f"{what} is empty; give at least one token per prompt")
-    if ids.shape[-1] > info.n_ctx:
-        raise InvalidTokensError(
-            f"{what} has {ids.shape[-1]} positions but the model's context is {info.n_ctx}; "
-            f"truncate or split the prompts to at most {info.n_ctx} tokens"
-        )
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= info.d_vocab:
-        raise InvalidTokensError(
-            f"{what} holds ids in [{lo}, {hi}] but the vocabulary is [0, {info.d_vocab - 1}]"
-        )
-
-
-def _user_prompts(model: Any, info: ModelInfo, tokens: Any) -> list[torch.Tensor]:
-    """The user's tokens as a list of 1-D id tensors (never views the caller could see written)."""
-    if isinstance(tokens, str) or (
-        isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens)
-    ):
-        if getattr(model, "tokenizer", None) is None:
-            raise InvalidTokensError(
-                "text was given but the model has no tokenizer; pass token ids instead"
-            )
-        texts = [tokens] if isinstance(tokens, str) else list(tokens)
-        if any(not t for t in texts):
-            raise InvalidTokensError("an empty string was given; every prompt needs text")
-        prompts = [model.to_tokens(t)[0].cpu() for t in texts]
-    elif isinstance(tokens, torch.Tensor) or isinstance(tokens, np.ndarray):
-        ids = torch.as_tensor(tokens)
-        _check_ids(ids, info, "tokens")
-        prompts = list(ids.reshape(-1, ids.shape[-1]).cpu())
-    elif isinstance(tokens, (list, tuple)):
-        if not tokens:
-            raise InvalidTokensError("tokens is empty; give at least one prompt")
-        rows = tokens if isinstance(tokens[0], (list, tuple, torch.Tensor, np.ndarray)) else [tokens]
-        prompts = []
-        for i, row in enumerate(rows):
-            try:
-                ids = torch.as_tensor(row) if isinstance(row, (torch.Tensor, np.ndarray)) else torch.tensor(row)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise InvalidTokensError(f"prompt {i} is not a list of integer ids: {exc}") from None
-            _check_ids(ids, info, f"prompt {i}")
-            if ids.ndim != 1:
-                raise InvalidTokensError(f"prompt {i} must be a flat list of ids; got shape {tuple(ids.shape)}")
-            prompts.append(ids.cpu())
-    else:
-        raise InvalidTokensError(
-            f"tokens must be text, a list of texts, or integer ids; got {type(tokens).__name__}"
-        )
-    for i, p in enumerate(prompts):
-        _check_ids(p, info, f"prompt {i}")
-    return [p.long() for p in prompts]
-
-
-def _user_batches(model: Any, info: ModelInfo, tokens: Any, batch_size: int) -> tuple[list[torch.Tensor], dict]:
-    prompts = _user_prompts(model, info, tokens)
-    by_len: dict[int, list[torch.Tensor]] = {}
-    for p in prompts:
-        by_len.setdefault(len(p), []).append(p)
-    batches = [torch.stack(group[i : i + batch_size]) for group in by_len.values() for i in range(0, len(group), batch_size)]
-    source = {"kind": "user_tokens", "n_prompts": len(prompts), "lengths": sorted(by_len), "batch_size": batch_size}
+def _user_batches(model: Any, info: ModelInfo, tokens: Any, batch_size: int) -> tuple[list[Padded], dict]:
+    """The user's prompts in batches of ``batch_size``: sorted by length so that a batch pads
+    little, right-padded (exact under causal attention; pads are never scored)."""
+    prompts = as_prompts(model, info, tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [pad_right([prompts[i] for i in order[k : k + batch_size]]) for k in range(0, len(order), batch_size)]
+    lengths = sorted({len(p) for p in prompts})
+    source = {"kind": "user_tokens", "n_prompts": len(prompts), "lengths": lengths, "batch_size": batch_size,
+              "padding": "right" if any(b.ragged for b in batches) else "none"}
     return batches, source
 
 
+#: a cached pattern row may miss 1 by this much (float32 softmax over long rows, saved caches)
+_ROW_TOL = {torch.float32: 1e-3, torch.float64: 1e-6}
+_LAYER0_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+def _check_probabilities(layer: int, pattern: torch.Tensor) -> None:
+    """Refuse a cached "pattern" that is not causal attention: rows of probabilities over keys
+    at or before the query."""
+    name = hook_name("pattern", layer)
+    p = pattern.detach()
+    if not bool(torch.isfinite(p).all()):
+        raise NonFiniteError(f"the cache's {name} holds NaN or infinity; it cannot be attention. Recompute the cache.")
+    tol = _ROW_TOL.get(p.dtype, 1e-2)
+    seq = p.shape[-1]
+    upper = torch.ones(seq, seq, dtype=torch.bool, device=p.device).triu(1)
+    problems = []
+    if float(p.min()) < -tol:
+        problems.append(f"negative values (min {float(p.min()):.3g})")
+    if bool((p.abs() * upper).amax() > tol):
+        problems.append("attention to later positions")
+    err = float((p.double().sum(-1) - 1).abs().max())
+    if err > tol * max(1.0, seq / 64):
+        problems.append(f"rows that do not sum to 1 (off by up to {err:.3g})")
+    if problems:
+        raise InvalidCacheError(
+            f"the cache's {name} is not a causal attention pattern: it has {', '.join(problems)}. Pass the cache "
+            "that model.run_with_cache(tokens) returned, unedited."
+        )
+
+
 def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detectors: list[PatternDetector]) -> tuple[Any, dict]:
-    names = [pattern_hook(layer) for layer in range(info.n_layers)]
+    names = [hook_name("pattern", layer) for layer in range(info.n_layers)]
     try:
         missing = [n for n in names if n not in cache]
     except TypeError:
@@ -258,14 +265,21 @@ def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detecto
             "with `_, cache = model.run_with_cache(tokens, names_filter=lambda name: "
             "name.endswith('hook_pattern'))` (or without names_filter to keep everything)."
         )
-    first = cache[names[0]]
-    shape = tuple(first.shape)
-    if len(shape) == 3:
-        shape = (1, *shape)
-    if len(shape) != 4 or shape[1] != info.n_heads or shape[2] != shape[3]:
-        raise MissingHooksError(
-            f"{names[0]} in the cache has shape {tuple(first.shape)}; expected [batch, {info.n_heads}, pos, pos]"
-        )
+
+    def patterns(layer: int) -> torch.Tensor:
+        p = cache[names[layer]]
+        if not isinstance(p, torch.Tensor):
+            raise InvalidCacheError(f"the cache's {names[layer]} is a {type(p).__name__}, not a tensor")
+        return p if p.ndim == 4 else p.unsqueeze(0)
+
+    shape = tuple(patterns(0).shape)
+    for layer in range(info.n_layers):
+        got = tuple(patterns(layer).shape)
+        if len(got) != 4 or got[1] != info.n_heads or got[2] != got[3] or got != shape:
+            raise InvalidCacheError(
+                f"{names[layer]} in the cache has shape {tuple(cache[names[layer]].shape)}; this model needs "
+                f"[batch, {info.n_heads}, pos, pos], the same in every layer (a cache of another model?)"
+            )
     needs = [d.name for d in detectors if d.needs_tokens]
     if tokens is None:
         if needs:
@@ -275,7 +289,7 @@ def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detecto
             )
         ids = torch.zeros(shape[0], shape[2], dtype=torch.long)
     else:
-        prompts = _user_prompts(model, info, tokens)
+        prompts = as_prompts(model, info, tokens)
         if len({len(p) for p in prompts}) != 1:
             raise InvalidTokensError("with a cache, tokens must be one [batch, pos] block, as given to run_with_cache")
         ids = torch.stack(prompts)
@@ -284,39 +298,78 @@ def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detecto
                 f"tokens have shape {tuple(ids.shape)} but the cache holds patterns for "
                 f"[batch={shape[0]}, pos={shape[2]}]; pass the tokens the cache was made from"
             )
+        _check_cache_belongs(model, info, ids, patterns(0))
+    source = {"kind": "user_cache", "n_prompts": int(shape[0]), "lengths": [int(shape[2])], "verified": tokens is not None}
+    return iter([(pad_right(list(ids)), patterns)]), source
 
-    def patterns(layer: int) -> torch.Tensor:
-        p = cache[names[layer]]
-        return p if p.ndim == 4 else p.unsqueeze(0)
 
-    source = {"kind": "user_cache", "n_prompts": int(shape[0]), "lengths": [int(shape[2])]}
-    return iter([(ids, patterns)]), source
+def _check_cache_belongs(model: Any, info: ModelInfo, ids: torch.Tensor, cached0: torch.Tensor) -> None:
+    """Recompute layer 0's pattern for a few prompts (a fraction of one forward) and compare:
+    a cache made from other tokens, or by another model, differs there."""
+    n = min(4, ids.shape[0])
+    got: dict[str, torch.Tensor] = {}
+    name = hook_name("pattern", 0)
+    with torch.no_grad():
+        run(model, ids[:n].to(info.device), read={name: lambda p: got.__setitem__("p", p.detach())}, stop_after=name)
+    mine, theirs = got["p"].double().cpu(), cached0[:n].detach().double().cpu()
+    tol = _LAYER0_TOL.get(cached0.dtype, 1e-2)
+    diff = float((mine - theirs).abs().max())
+    if diff > tol:
+        raise InvalidCacheError(
+            f"the cache does not belong to these tokens and this model: layer 0's attention recomputed from the "
+            f"tokens differs from the cached one by up to {diff:.3g}. Pass the tokens and the model the cache was "
+            "made with: _, cache = model.run_with_cache(tokens)."
+        )
+
+
+def _groups(batch: Padded) -> list[tuple[torch.Tensor, int]]:
+    """Rows of a padded batch that share a length: ``[(row indices, length)]``."""
+    if not batch.ragged:
+        return [(torch.arange(batch.ids.shape[0]), batch.ids.shape[1])]
+    return [(torch.nonzero(batch.lengths == n).flatten(), int(n)) for n in torch.unique(batch.lengths).tolist()]
+
+
+def _check_reduced(det: PatternDetector, metric: str, values: Any, valid: Any, batch: int, n_heads: int) -> None:
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (batch, n_heads):
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise InvalidScoresError(
+            f"{det.name}.reduce returned {metric!r} values of shape {got}; it must be [batch={batch}, head={n_heads}]"
+        )
+    if not isinstance(valid, torch.Tensor) or tuple(valid.shape) != (batch,):
+        got = tuple(valid.shape) if isinstance(valid, torch.Tensor) else type(valid).__name__
+        raise InvalidScoresError(f"{det.name}.reduce returned {metric!r} validity of shape {got}; it must be [batch={batch}]")
 
 
 def _score_patterns(
-    model: Any, info: ModelInfo, detectors: list[PatternDetector], batches: Iterable[tuple[Int[torch.Tensor, "b p"], Any]],
+    model: Any, info: ModelInfo, detectors: list[PatternDetector], batches: Iterable[tuple[Padded, Any]],
     source: dict, progress: bool | None,
-) -> dict[str, dict[str, torch.Tensor]]:
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Every detector's metrics ``[layer, head]`` (NaN where nothing was scored) and the number
+    of prompts each layer's ``score`` counted, per detector ``[layer]``."""
     sums: dict[tuple[str, str], torch.Tensor] = {}
     counts: dict[tuple[str, str], torch.Tensor] = {}
     n_layers, n_heads = info.n_layers, info.n_heads
 
-    def accumulate(layer: int, pattern: torch.Tensor, matches: dict[str, torch.Tensor]) -> None:
+    def accumulate(layer: int, pattern: torch.Tensor, groups: list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]) -> None:
         if pattern.ndim != 4 or pattern.shape[1] != n_heads or pattern.shape[-1] != pattern.shape[-2]:
             raise UnsupportedModelError(
-                f"{pattern_hook(layer)} has shape {tuple(pattern.shape)}; headzoo needs "
+                f"{hook_name('pattern', layer)} has shape {tuple(pattern.shape)}; headzoo needs "
                 f"[batch, {n_heads}, pos, pos] attention patterns"
             )
         p = pattern.detach().float()
-        for det in detectors:
-            for metric, (values, valid) in det.reduce(p, matches[det.name]).items():
-                key = (det.name, metric)
-                if key not in sums:
-                    sums[key] = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-                    counts[key] = torch.zeros(n_layers, dtype=torch.float64)
-                v = valid.to(values.device)
-                sums[key][layer] += (values.double() * v[:, None]).sum(0).cpu()
-                counts[key][layer] += v.sum().double().cpu()
+        for rows, length, matches in groups:
+            # pads sit after each row's real tokens: crop them away, so no detector ever sees one
+            part = p if length == p.shape[-1] and len(rows) == p.shape[0] else p[rows.to(p.device)][:, :, :length, :length]
+            for det in detectors:
+                for metric, (values, valid) in det.reduce(part, matches[det.name]).items():
+                    _check_reduced(det, metric, values, valid, part.shape[0], n_heads)
+                    key = (det.name, metric)
+                    if key not in sums:
+                        sums[key] = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+                        counts[key] = torch.zeros(n_layers, dtype=torch.float64)
+                    v = valid.to(device=values.device, dtype=torch.bool)
+                    sums[key][layer] += (values.double() * v[:, None]).sum(0).cpu()
+                    counts[key][layer] += v.sum().double().cpu()
 
     n_total = source.get("n_prompts")
     show = progress if progress is not None else bool(n_total and n_total > 8)
@@ -324,58 +377,62 @@ def _score_patterns(
     device = torch.device(info.device)
     try:
         with torch.no_grad():
-            for ids, cached in batches:
-                ids_dev = ids.to(device)
-                matches = {d.name: d.match(ids_dev) for d in detectors}
+            for batch, cached in batches:
+                ids_dev = batch.ids.to(device)
+                groups = []
+                for rows, length in _groups(batch):
+                    sub = ids_dev[rows.to(device), :length]
+                    groups.append((rows, length, {d.name: d.match(sub) for d in detectors}))
                 if cached is not None:
                     for layer in range(n_layers):
-                        accumulate(layer, cached(layer).to(device), matches)
+                        pattern = cached(layer)
+                        _check_probabilities(layer, pattern)
+                        accumulate(layer, pattern.to(device), groups)
                 else:
-                    _forward_with_reducers(model, info, ids_dev, lambda layer, p: accumulate(layer, p, matches))
-                bar.update(ids.shape[0])
+                    read_patterns(model, info, ids_dev, lambda layer, p: accumulate(layer, p, groups))
+                bar.update(batch.ids.shape[0])
     finally:
         bar.close()
     out: dict[str, dict[str, torch.Tensor]] = {d.name: {} for d in detectors}
+    scored: dict[str, torch.Tensor] = {d.name: torch.zeros(n_layers, dtype=torch.float64) for d in detectors}
     for (name, metric), total in sums.items():
         n = counts[(name, metric)][:, None].expand_as(total)
-        out[name][metric] = torch.where(n > 0, total / n.clamp_min(1), torch.nan)
-    return out
+        value = torch.where(n > 0, total / n.clamp_min(1), torch.nan)
+        bad = (n > 0) & ~torch.isfinite(value)
+        if bool(bad.any()):
+            heads = [(int(a), int(b)) for a, b in torch.nonzero(bad).tolist()]
+            raise NonFiniteError(
+                f"{name}: the {metric!r} of head(s) {heads[:8]} (layer, head) is NaN or infinite: the model's "
+                "attention overflowed or the detector divided by zero. Run in float32, or check the detector."
+            )
+        out[name][metric] = value
+        if metric == "score":
+            scored[name] = counts[(name, metric)]
+    return out, scored
 
 
-def _forward_with_reducers(model: Any, info: ModelInfo, tokens: torch.Tensor, reduce: Any) -> None:
-    """Run ``model`` on ``tokens``, handing each layer's pattern to ``reduce(layer, pattern)``."""
-    fired: set[int] = set()
-    handles = []
-    last = info.n_layers - 1
+def read_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor, reduce: Any) -> None:
+    """Run ``model`` on ``tokens``, handing each layer's pattern to ``reduce(layer, pattern)``.
 
-    def make(layer: int) -> Any:
-        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            fired.add(layer)
-            reduce(layer, output)
-            if layer == last:
-                raise _StopForward
+    The pass stops right after the last attention layer: no MLP after it, no logits.
+    """
+    def hand(layer: int) -> Any:
+        return lambda pattern: reduce(layer, pattern)
 
-        return hook
+    names = {hook_name("pattern", layer): hand(layer) for layer in range(info.n_layers)}
+    run(model, tokens, read=names, stop_after=hook_name("pattern", info.n_layers - 1))
 
-    try:
-        # Plain torch hooks on the HookPoints: TransformerLens' own hook registry (and any
-        # hooks the user added there) is left exactly as it was.
-        for layer in range(info.n_layers):
-            handles.append(model.hook_dict[pattern_hook(layer)].register_forward_hook(make(layer)))
-        try:
-            model(tokens)
-        except _StopForward:
-            pass
-    finally:
-        for h in handles:
-            h.remove()
-    if len(fired) != info.n_layers:
-        silent = [pattern_hook(layer) for layer in range(info.n_layers) if layer not in fired]
-        raise UnsupportedModelError(
-            f"The attention patterns of this model cannot be read: {silent} never fired during a "
-            "forward pass (a fused attention kernel skips them). Load the model with eager "
-            "attention, or for a TransformerBridge call enable_compatibility_mode()."
-        )
+
+def _check_output(det: Detector, metrics: dict[str, Any], info: ModelInfo, what: str) -> None:
+    for metric, values in metrics.items():
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (info.n_layers, info.n_heads):
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise InvalidScoresError(
+                f"{det.name}.{what} returned {metric!r} of shape {got}; every metric must be "
+                f"[n_layers={info.n_layers}, n_heads={info.n_heads}] (NaN marks a head not scored)"
+            )
+        if bool(torch.isinf(values).any()):
+            raise NonFiniteError(f"{det.name}.{what} returned infinite {metric!r} values; use NaN for a head not scored")
 
 
 def _to_frame(metrics: dict[str, dict[str, torch.Tensor]], detectors: list[Detector]) -> pd.DataFrame:
@@ -383,7 +440,7 @@ def _to_frame(metrics: dict[str, dict[str, torch.Tensor]], detectors: list[Detec
     for det in detectors:
         m = metrics.get(det.name, {})
         if "score" not in m:
-            raise RuntimeError(f"detector {det.name} produced no 'score'")
+            raise InvalidScoresError(f"detector {det.name} produced no 'score' metric")
         score = m["score"].double().cpu()
         layers, heads = torch.nonzero(~torch.isnan(score), as_tuple=True)
         df = pd.DataFrame({"detector": det.name, "layer": layers.numpy().astype("int64"), "head": heads.numpy().astype("int64")})

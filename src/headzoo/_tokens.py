@@ -110,7 +110,7 @@ def as_prompts(model: Any, info: ModelInfo, tokens: Any, what: str = "tokens") -
         rows = tokens if nested else [tokens]
         prompts = []
         for i, row in enumerate(rows):
-            label = f"{what}[{i}]" if nested else what
+            label = f"prompt {i}" if nested else what
             ids = _to_tensor(row, label)
             if ids.ndim != 1:
                 raise InvalidTokensError(f"{label} must be a flat list of ids; got shape {tuple(ids.shape)}")
@@ -119,7 +119,7 @@ def as_prompts(model: Any, info: ModelInfo, tokens: Any, what: str = "tokens") -
     else:
         raise InvalidTokensError(f"{what} must be text, a list of texts, or integer ids; got {type(tokens).__name__}")
     for i, p in enumerate(prompts):
-        check_ids(p, info, f"{what}[{i}]")
+        check_ids(p, info, f"prompt {i}")
     return prompts
 
 
