@@ -1,9 +1,9 @@
 """A conformance suite for detectors: the rules every detector must keep, checked on real models.
 
 Like scikit-learn's ``check_estimator``, :func:`check_detector` is what a plugin author runs on
-their own detector, and what headzoo's tests run over every registered one. It declares nothing
-new about detectors; it checks the contract the runner, the results and the atlas already rely
-on: the declared fields, a ``[n_layers, n_heads]`` score (on two model shapes, so a transposed
+their own detector, and what headzoo's tests run over every registered one. It checks the
+contract the runner, the results and the atlas already rely on (the one addition is optional: a
+class may declare ``score_range = (low, high)``, and its scores must then lie inside): the declared fields, a ``[n_layers, n_heads]`` score (on two model shapes, so a transposed
 answer cannot pass), finite numbers, scores that do not depend on batching, no mutation of the
 model, the tokens or the detector, no hooks left behind (also when a forward pass fails), the
 metadata a result records, and determinism. The first broken rule raises
@@ -888,11 +888,14 @@ def check_detector(
       detector's name and no duplicate heads; the result survives ``save``/``load``.
     - ``determinism``: two runs with the same options give identical scores.
 
+    The model, the detector and the hooks are checked after every call, so a mutation or a
+    leftover hook is reported at the call that caused it, before later rules run.
+
     Args:
         detector: a detector class, an instance, or a registered name.
         model: a TransformerLens model, or a list of them. ``None`` (default): two small planted
-            models (2 x 3 and 3 x 2 heads, previous-token, induction and successor heads, a word
-            tokenizer with the days of the week), so a transposed score cannot pass.
+            models (2 x 3 and 3 x 2 heads with previous-token and induction heads, and a word
+            tokenizer that spells the days of the week), so a transposed score cannot pass.
         options: the detector's options (e.g. ``{"n_tokens": 64}``) and probe options for pattern
             detectors (``n_prompts``, ``half_len``, ``batch_size``, ``seed``, ``prepend_bos``;
             default ``n_prompts=4, batch_size=4``).
