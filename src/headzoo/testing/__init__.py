@@ -1,4 +1,5 @@
-"""Test builders: small TransformerLens models whose heads are known by construction.
+"""Test builders: small TransformerLens models whose heads are known by construction, and the
+conformance suite every detector must pass.
 
 Use them to check that a detector finds the head it is meant to find::
 
@@ -6,9 +7,35 @@ Use them to check that a detector finds the head it is meant to find::
     model = planted_model(previous_token=(0, 2), induction=(1, 3))
     scores = hz.detect(model, "induction")
     assert scores.top(1, "induction")[["layer", "head"]].values.tolist() == [[1, 3]]
+
+and that it keeps the rules the runner relies on::
+
+    from headzoo.testing import check_detector
+    check_detector(MyDetector)  # raises hz.ConformanceError naming the first broken rule
 """
 
-from headzoo.testing._planted import PlantSpec, planted_model, planted_state_dict, random_placements
+from headzoo.testing._conformance import (
+    RULES,
+    ConformanceReport,
+    RuleResult,
+    check_detector,
+)
+from headzoo.testing._planted import (
+    PlantSpec,
+    planted_model,
+    planted_state_dict,
+    random_placements,
+)
 from headzoo.testing._tokenizer import word_tokenizer
 
-__all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placements", "word_tokenizer"]
+__all__ = [
+    "RULES",
+    "ConformanceReport",
+    "PlantSpec",
+    "RuleResult",
+    "check_detector",
+    "planted_model",
+    "planted_state_dict",
+    "random_placements",
+    "word_tokenizer",
+]
