@@ -19,18 +19,23 @@ headzoo computes exactly what ``transformer_lens.patching`` does, but by design 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError, UnsupportedModelError
+from headzoo._errors import InvalidOptionError, InvalidTokensError, UnsupportedModelError
+from headzoo._forward import HOOKS, check_finite, hook_name, require_hooks, run, run_from_layer, warn_once
 from headzoo._models import ModelInfo, model_info
+from headzoo._tokens import as_block, as_prompts, check_int, pad_right
 
-__all__ = ["Site", "SITES", "run_patching", "Direction"]
+__all__ = ["Site", "SITES", "PatchPlan", "PatchResult", "plan_patching", "run_patching", "run_attribution",
+           "Direction", "current_lengths"]
 
 Direction = Literal["denoise", "noise"]
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -42,7 +47,7 @@ class Site:
 
     Attributes:
         name: the patch kind (``"z"``, ``"resid_pre"``, ...).
-        hook: hook name template with ``{layer}``.
+        hook: the activation kind, a key of the kernel's hook table (``"z"``, ``"resid_pre"``, ...).
         axes: the index axes after ``layer``: from ``"head"``, ``"kv_head"``, ``"pos"``,
             ``"dest_pos"``, ``"src_pos"``.
         layout: where those axes sit in the activation (after batch): e.g. ``("pos", "head")``
@@ -60,107 +65,103 @@ class Site:
         return tuple(axes_values.get(axis, slice(None)) for axis in self.layout)
 
 
-def _head_site(name: str, hook: str, by_pos: bool, kv: bool = False) -> Site:
+    def hook_at(self, layer: int) -> str:
+        return hook_name(self.hook, layer)
+
+
+def _head_site(name: str, by_pos: bool, kv: bool = False) -> Site:
     # keys and values of grouped-query models are indexed by key-value head, as in TransformerLens
     head = "kv_head" if kv else "head"
-    return Site(name, hook, ("pos", head) if by_pos else (head,), ("pos", head))
+    return Site(name, name, ("pos", head) if by_pos else (head,), ("pos", head))
 
 
+#: what each patch kind replaces: one entry per kind (where is the kernel's hook table)
 SITES: dict[str, Callable[[bool], Site]] = {
-    "z": lambda by_pos: _head_site("z", "blocks.{layer}.attn.hook_z", by_pos),
-    "q": lambda by_pos: _head_site("q", "blocks.{layer}.attn.hook_q", by_pos),
-    "k": lambda by_pos: _head_site("k", "blocks.{layer}.attn.hook_k", by_pos, kv=True),
-    "v": lambda by_pos: _head_site("v", "blocks.{layer}.attn.hook_v", by_pos, kv=True),
+    "z": lambda by_pos: _head_site("z", by_pos),
+    "q": lambda by_pos: _head_site("q", by_pos),
+    "k": lambda by_pos: _head_site("k", by_pos, kv=True),
+    "v": lambda by_pos: _head_site("v", by_pos, kv=True),
     "pattern": lambda by_pos: Site(
-        "pattern", "blocks.{layer}.attn.hook_pattern", ("head", "dest_pos") if by_pos else ("head",),
-        ("head", "dest_pos", "src_pos"),
+        "pattern", "pattern", ("head", "dest_pos") if by_pos else ("head",), ("head", "dest_pos", "src_pos"),
     ),
-    "resid_pre": lambda by_pos: Site("resid_pre", "blocks.{layer}.hook_resid_pre", ("pos",), ("pos",)),
-    "resid_mid": lambda by_pos: Site("resid_mid", "blocks.{layer}.hook_resid_mid", ("pos",), ("pos",)),
-    "attn_out": lambda by_pos: Site("attn_out", "blocks.{layer}.hook_attn_out", ("pos",), ("pos",)),
-    "mlp_out": lambda by_pos: Site("mlp_out", "blocks.{layer}.hook_mlp_out", ("pos",), ("pos",)),
+    **{kind: (lambda by_pos, kind=kind: Site(kind, kind, ("pos",), ("pos",)))
+       for kind in ("resid_pre", "resid_mid", "attn_out", "mlp_out")},
 }
+assert all(kind in HOOKS for kind in SITES)
 
 
 #: tokens per forward beyond which a CPU gains nothing from sharing a forward between patches
 _CPU_TOKENS = 1024
 
-
-class _Stop(Exception):
-    pass
+_LENGTHS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("headzoo_lengths", default=None)
 
 
-def as_tokens(tokens: Any, info: ModelInfo, what: str) -> Int[torch.Tensor, "batch pos"]:
-    """Validate a ``[batch, pos]`` block of token ids (a copy, never the caller's tensor)."""
+def current_lengths() -> torch.Tensor | None:
+    """The real length of each row ``[batch]`` while a metric runs on right-padded prompts of
+    different lengths (``None`` when the prompts were one block): the metric helpers of
+    ``hz.patching`` read each row's own last position from it."""
+    return _LENGTHS.get()
+
+
+@contextlib.contextmanager
+def _lengths(lengths: torch.Tensor | None) -> Iterator[None]:
+    token = _LENGTHS.set(lengths)
     try:
-        ids = torch.as_tensor(tokens)
-    except (TypeError, ValueError, RuntimeError):
-        raise InvalidTokensError(f"{what} must be integer token ids [batch, pos]; got {type(tokens).__name__}") from None
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise InvalidTokensError(f"{what} must be integer token ids; got dtype {ids.dtype}")
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or ids.numel() == 0:
-        raise InvalidTokensError(f"{what} must have shape [batch, pos] (or [pos]); got {tuple(ids.shape)}")
-    if ids.shape[1] > info.n_ctx:
-        raise InvalidTokensError(f"{what} has {ids.shape[1]} positions but the model's context is {info.n_ctx}")
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= info.d_vocab:
-        raise InvalidTokensError(f"{what} holds ids in [{lo}, {hi}] but the vocabulary is [0, {info.d_vocab - 1}]")
-    return ids.long().clone()
+        yield
+    finally:
+        _LENGTHS.reset(token)
+
+
+def _pairs(model: Any, clean_tokens: Any, corrupted_tokens: Any, info: ModelInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Clean and corrupted prompts as two ``[batch, pos]`` blocks, right-padded when the rows
+    have different lengths (each clean row must match its corrupted row), and the lengths
+    (``None`` for one rectangular block)."""
+    ragged = all(
+        isinstance(t, (list, tuple)) and t and isinstance(t[0], (list, tuple, torch.Tensor)) and len({len(r) for r in t}) > 1
+        for t in (clean_tokens, corrupted_tokens)
+    )
+    if not ragged:
+        clean = as_block(clean_tokens, info, "clean_tokens")
+        corrupted = as_block(corrupted_tokens, info, "corrupted_tokens")
+        if clean.shape != corrupted.shape:
+            raise InvalidTokensError(
+                f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have "
+                "the same shape: each patch moves an activation between matching positions"
+            )
+        return clean, corrupted, None
+    clean_rows = as_prompts(model, info, clean_tokens, "clean_tokens")
+    corrupted_rows = as_prompts(model, info, corrupted_tokens, "corrupted_tokens")
+    if len(clean_rows) != len(corrupted_rows) or any(len(a) != len(b) for a, b in zip(clean_rows, corrupted_rows)):
+        raise InvalidTokensError(
+            "clean_tokens and corrupted_tokens must pair up row by row with equal lengths (clean lengths "
+            f"{[len(r) for r in clean_rows]}, corrupted {[len(r) for r in corrupted_rows]}): each patch moves an "
+            "activation between matching positions"
+        )
+    clean = pad_right(clean_rows)
+    return clean.ids, pad_right(corrupted_rows).ids, clean.lengths
 
 
 class _Runner:
-    """Runs the model (or its blocks from one layer on), with logits only where they are read.
+    """Runs the model (or its blocks from one layer on) through the kernel, with logits only
+    where the metric reads them.
 
-    ``from_layer`` runs ``blocks[L:]``, the final norm and the unembedding directly on a
-    residual stream, which is what makes reusing the layers below a patch possible. It is
-    used only after :meth:`verify` has checked, on the real inputs, that it reproduces the
-    model's own forward pass; otherwise every patched run is a full forward.
+    ``from_layer`` is used only after the plan has checked, on the real inputs, that it
+    reproduces the model's own forward pass; otherwise every patched run is a full forward.
     """
 
-    def __init__(self, model: Any, info: ModelInfo) -> None:
-        self.model, self.info = model, info
-        self.read: list[int] | None = None  # positions whose logits the metric reads (None: all)
+    def __init__(self, model: Any, read: list[int] | None = None) -> None:
+        self.model = model
+        self.read = read  # positions whose logits the metric reads (None: all)
 
-    # Hooks go through TransformerLens' own context manager: it applies a bridge's hook
-    # conversions (hook_z is [batch, pos, head, d_head] there too) and removes exactly the
-    # hooks it added, also when the run raises.
     def full(self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
-        with self.model.hooks(fwd_hooks=hooks):
-            return self._logits(lambda: self.model(tokens))
+        out = run(self.model, tokens, edit=hooks, logits="all" if self.read is None else self.read)
+        assert out is not None
+        return out
 
     def from_layer(self, resid: torch.Tensor, layer: int, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
-        def forward() -> torch.Tensor:
-            x = resid
-            for block in self.model.blocks[layer:]:
-                x = block(x)
-                if isinstance(x, tuple):  # Hugging Face blocks return (hidden_states, ...)
-                    x = x[0]
-            return self.model.unembed(_final_norm(self.model)(x))
-
-        with self.model.hooks(fwd_hooks=hooks):
-            return self._logits(forward)
-
-    def _logits(self, forward: Callable[[], torch.Tensor]) -> torch.Tensor:
-        if self.read is None:
-            return forward()
-        # Catch the unembedding's input and unembed only the positions the metric reads; the
-        # others are NaN, so a metric that read them would return NaN (and is checked for it).
-        got: dict[str, torch.Tensor] = {}
-
-        def grab(module: Any, args: Any) -> None:
-            got["x"] = args[0]
-            raise _Stop
-
-        handle = self.model.unembed.register_forward_pre_hook(grab)
-        try:
-            forward()
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return self.model.unembed(got["x"][:, self.read])
+        out = run_from_layer(self.model, resid, layer, edit=hooks, logits="all" if self.read is None else self.read)
+        assert out is not None
+        return out
 
     def expand(self, logits: torch.Tensor, seq: int) -> torch.Tensor:
         """Logits as the metric expects them, ``[batch, pos, vocab]``: NaN where not computed."""
@@ -169,11 +170,6 @@ class _Runner:
         out = torch.full((logits.shape[0], seq, logits.shape[-1]), float("nan"), dtype=logits.dtype, device=logits.device)
         out[:, self.read] = logits
         return out
-
-
-def _final_norm(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    norm = getattr(model, "ln_final", None)
-    return norm if norm is not None else (lambda x: x)
 
 
 def _read_positions(metric: Metric, logits: torch.Tensor, value: torch.Tensor, per_example: bool) -> list[int] | None:
@@ -221,37 +217,100 @@ def _evaluate(metric: Metric, logits: torch.Tensor, batch: int, per_example: boo
     return out.detach().double().cpu()
 
 
-def _prepare(
-    model: Any, clean_tokens: Any, corrupted_tokens: Any, direction: str, site: Site, layers: Sequence[int] | None
-) -> tuple[ModelInfo, torch.Tensor, torch.Tensor, list[int], dict[int, str]]:
-    """Checks shared by exact and attribution patching: tokens, direction, layers, hooks.
+@dataclasses.dataclass(frozen=True)
+class PatchPlan:
+    """What a patching run will do, settled before any patched forward.
 
-    Returns the model info, the receiving and donor tokens (on the model's device), the
-    layers and each layer's hook name.
+    Attributes:
+        site: what is patched.
+        layers: the patched layers; ``hooks[layer]`` their hook names.
+        receiver, donor: ``[batch, pos]`` ids on the model's device: the run that receives the
+            patches (corrupted when denoising) and the run they come from.
+        lengths: ``[batch]`` real lengths when the rows were right-padded, else ``None``.
+        indices: every index of one layer's activation that is patched (after ``layer``).
     """
+
+    site: Site
+    info: ModelInfo
+    layers: list[int]
+    hooks: dict[int, str]
+    receiver: Int[torch.Tensor, "batch pos"]
+    donor: Int[torch.Tensor, "batch pos"]
+    lengths: Int[torch.Tensor, " batch"] | None
+    indices: list[tuple[int, ...]]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.receiver.shape[0]), int(self.receiver.shape[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchResult:
+    """What a patching run measured.
+
+    Attributes:
+        index: one ``(layer, *site axes)`` tuple per patch.
+        values: ``[n_patch]`` (or ``[n_patch, batch]`` per example) float64 metric values.
+        baseline: the metric on the unpatched receiving run; ``source`` on the donor run.
+        engine: what the engine did (``reused_layers``, ``patches_per_forward``,
+            ``read_positions``, ``lengths``).
+    """
+
+    index: list[tuple[int, ...]]
+    values: torch.Tensor
+    baseline: torch.Tensor
+    source: torch.Tensor
+    engine: dict[str, Any]
+
+
+def plan_patching(
+    model: Any, clean_tokens: Any, corrupted_tokens: Any, direction: str, site: Site, layers: Sequence[int] | None
+) -> PatchPlan:
+    """Checks shared by exact and attribution patching: tokens, direction, layers, hooks."""
     info = model_info(model)
-    clean = as_tokens(clean_tokens, info, "clean_tokens")
-    corrupted = as_tokens(corrupted_tokens, info, "corrupted_tokens")
-    if clean.shape != corrupted.shape:
-        raise InvalidTokensError(
-            f"clean_tokens {tuple(clean.shape)} and corrupted_tokens {tuple(corrupted.shape)} must have "
-            "the same shape: each patch moves an activation between matching positions"
-        )
+    check_finite(model)
+    clean, corrupted, lengths = _pairs(model, clean_tokens, corrupted_tokens, info)
     if direction not in ("denoise", "noise"):
         raise InvalidOptionError(f"direction must be 'denoise' or 'noise'; got {direction!r}")
-    layers = list(range(info.n_layers)) if layers is None else [int(x) for x in layers]
-    bad = [x for x in layers if not 0 <= x < info.n_layers]
-    if bad or not layers:
-        raise InvalidOptionError(f"layers {bad or layers} are out of range for a model with {info.n_layers} layers")
-    hooks = {layer: site.hook.format(layer=layer) for layer in layers}
-    missing = [h for h in hooks.values() if h not in model.hook_dict]
-    if missing:
-        raise MissingHooksError(
-            f"{type(model).__name__} has no hook {missing[0]!r}, which {site.name!r} patching needs"
-        )
+    if layers is None:
+        chosen = list(range(info.n_layers))
+    else:
+        if isinstance(layers, (int, str)) or not isinstance(layers, Sequence):
+            raise InvalidOptionError(f"layers must be a list of layer indices; got {layers!r}")
+        chosen = [check_int(x, "layers") for x in layers]
+    bad = [x for x in chosen if not 0 <= x < info.n_layers]
+    if bad or not chosen:
+        raise InvalidOptionError(f"layers {bad or chosen} are out of range for a model with {info.n_layers} layers")
+    hooks = {layer: site.hook_at(layer) for layer in chosen}
+    require_hooks(model, hooks.values(), f"{site.name!r} patching")
     device = torch.device(info.device)
     receiver, donor = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
-    return info, receiver.to(device), donor.to(device), layers, hooks
+    seq = receiver.shape[1]
+    sizes = {"head": info.n_heads, "kv_head": info.n_kv_heads, "pos": seq, "dest_pos": seq, "src_pos": seq}
+    return PatchPlan(site, info, chosen, hooks, receiver.to(device), donor.to(device), lengths,
+                     _product([range(sizes[a]) for a in site.axes]))
+
+
+def _evaluate_rows(metric: Metric, logits: torch.Tensor, plan: PatchPlan, per_example: bool, name: str = "metric") -> torch.Tensor:
+    with _lengths(plan.lengths):
+        return _evaluate(metric, logits, plan.shape[0], per_example, name)
+
+
+def _check_no_pad_reads(metric: Metric, logits: torch.Tensor, plan: PatchPlan, baseline: torch.Tensor, per_example: bool) -> None:
+    """With right-padded rows, a metric that reads a pad position would measure nothing real:
+    with every pad logit set to NaN it must give the same value."""
+    if plan.lengths is None:
+        return
+    masked = logits.clone()
+    pads = torch.arange(logits.shape[1], device=logits.device)[None, :] >= plan.lengths.to(logits.device)[:, None]
+    masked[pads] = float("nan")
+    again = _evaluate_rows(metric, masked, plan, per_example)
+    if not torch.allclose(again, baseline, equal_nan=True):
+        raise InvalidOptionError(
+            "the metric reads logits at padding positions (the prompts have lengths "
+            f"{plan.lengths.tolist()}): read each row's own last position, as hz.patching's metric helpers do "
+            "with pos=-1 (hz.patching.current_lengths() gives the lengths inside a metric)"
+        )
 
 
 def run_patching(
@@ -267,28 +326,23 @@ def run_patching(
     layers: Sequence[int] | None = None,
     memory_mb: float = 512.0,
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Patch every index of ``site`` and evaluate ``metric``; the engine behind ``hz.patching``.
-
-    Returns a dict with ``index`` (list of index tuples, ``layer`` first), ``values``
-    (``[n_index]`` or ``[n_index, batch]`` float64), ``baseline`` (the metric on the unpatched
-    run that receives the patches), ``source`` (on the run the patches come from) and what the
-    engine did (``reused_layers``, ``patches_per_forward``, ``read_positions``).
-    """
+) -> PatchResult:
+    """Patch every index of ``site`` and evaluate ``metric``; the engine behind ``hz.patching``."""
     if not callable(metric):
         raise InvalidOptionError(f"metric must be a function of the logits; got {type(metric).__name__}")
-    if not memory_mb > 0:
-        raise InvalidOptionError(f"memory_mb must be positive; got {memory_mb}")
-    info, receiver, donor, layers, hooks = _prepare(model, clean_tokens, corrupted_tokens, direction, site, layers)
-    batch, seq = receiver.shape
+    if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or not memory_mb > 0:
+        raise InvalidOptionError(f"memory_mb must be a positive number; got {memory_mb!r}")
+    plan = plan_patching(model, clean_tokens, corrupted_tokens, direction, site, layers)
+    info, hooks, receiver, donor = plan.info, plan.hooks, plan.receiver, plan.donor
+    batch, seq = plan.shape
     explicit: list[int] | None = None
     if positions not in (None, "auto"):
         items = [positions] if isinstance(positions, int) else list(positions)  # type: ignore[arg-type]
-        if not items or any(not isinstance(p, int) or not -seq <= p < seq for p in items):
+        if not items or any(isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq for p in items):
             raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
         explicit = sorted({p % seq for p in items})
     device = torch.device(info.device)
-    run = _Runner(model, info)
+    run = _Runner(model)
 
     donor_acts: dict[int, torch.Tensor] = {}
     resid: dict[int, torch.Tensor] = {}
@@ -298,13 +352,14 @@ def run_patching(
             store[layer] = act.detach().clone()
         return hook
 
-    resid_names = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
+    resid_names = {layer: hook_name("resid_pre", layer) for layer in plan.layers}
     can_reuse = all(name in model.hook_dict for name in resid_names.values())
     with torch.no_grad():
         # The donor run keeps only the activation being patched, at the patched layers.
-        source = _evaluate(metric, run.full(donor, [(hooks[layer], keep(donor_acts, layer)) for layer in layers]), batch, per_example)
-        base_logits = run.full(receiver, [(resid_names[layer], keep(resid, layer)) for layer in layers] if can_reuse else [])
-        baseline = _evaluate(metric, base_logits, batch, per_example)
+        source = _evaluate_rows(metric, run.full(donor, [(hooks[layer], keep(donor_acts, layer)) for layer in plan.layers]), plan, per_example)
+        base_logits = run.full(receiver, [(resid_names[layer], keep(resid, layer)) for layer in plan.layers] if can_reuse else [])
+        baseline = _evaluate_rows(metric, base_logits, plan, per_example)
+        _check_no_pad_reads(metric, base_logits, plan, baseline, per_example)
     if site.name == "pattern":
         # On TransformerLens 3.x bridges an edited hook_pattern never reaches the output, so
         # every patch would silently return the baseline: check that an edit shows.
@@ -312,10 +367,10 @@ def run_patching(
             return torch.full_like(pattern, 1.0 / pattern.shape[-1])
 
         with torch.no_grad():
-            edited = run.full(receiver, [(hooks[layers[-1]], flatten)])
+            edited = run.full(receiver, [(hooks[plan.layers[-1]], flatten)])
         if torch.equal(edited, base_logits):
             raise UnsupportedModelError(
-                f"editing {hooks[layers[-1]]} does not change this {type(model).__name__}'s output "
+                f"editing {hooks[plan.layers[-1]]} does not change this {type(model).__name__}'s output "
                 "(TransformerLens 3.x bridges compute attention without reading the hooked pattern), "
                 "so pattern patching would only return the baseline. Use TransformerLens 4.x, a "
                 "HookedTransformer, or patch 'z', 'q', 'k' or 'v' instead."
@@ -323,7 +378,7 @@ def run_patching(
     if explicit is not None:
         masked = torch.full_like(base_logits, float("nan"))
         masked[:, explicit] = base_logits[:, explicit]
-        check = _evaluate(metric, masked, batch, per_example)
+        check = _evaluate_rows(metric, masked, plan, per_example)
         if not torch.allclose(check, baseline, equal_nan=True):
             raise InvalidOptionError(
                 f"the metric reads logits outside positions={positions!r} (with the others set to "
@@ -331,20 +386,24 @@ def run_patching(
             )
         run.read = explicit
     elif positions == "auto":
-        run.read = _read_positions(metric, base_logits, baseline, per_example)
+        with _lengths(plan.lengths):
+            run.read = _read_positions(metric, base_logits, baseline, per_example)
     reuse = False
     if can_reuse:
         # Use the block loop only where it reproduces the model's own forward on these inputs.
         with torch.no_grad():
-            first = min(layers)
+            first = min(plan.layers)
             again = run.expand(run.from_layer(resid[first], first, []), seq)
             want = run.expand(base_logits[:, run.read] if run.read is not None else base_logits, seq)
             reuse = bool(torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True))
+    if not reuse:
+        warn_once(f"headzoo patching reruns every layer of this {type(model).__name__} for each patch: restarting "
+                  "at the patched layer did not reproduce its forward pass. The numbers are the same, only slower; "
+                  "the result's meta['engine']['reused_layers'] records it.")
     vocab_out = base_logits.shape[-1]
     del base_logits
 
-    sizes = {"head": info.n_heads, "kv_head": info.n_kv_heads, "pos": seq, "dest_pos": seq, "src_pos": seq}
-    per_layer = _product([range(sizes[a]) for a in site.axes])
+    per_layer = plan.indices
     logit_positions = len(run.read) if run.read is not None else seq
     per_copy = 4 * batch * (seq * 6 * info.d_model + logit_positions * vocab_out)
     group = max(1, min(len(per_layer), int(memory_mb * 2**20 // per_copy)))
@@ -354,11 +413,11 @@ def run_patching(
         group = min(group, max(1, _CPU_TOKENS // (batch * seq)))
     index: list[tuple[int, ...]] = []
     values: list[torch.Tensor] = []
-    show = progress if progress is not None else len(layers) * len(per_layer) > 64
-    bar = tqdm(total=len(layers) * len(per_layer), desc=f"headzoo patch {site.name}", disable=not show, leave=False)
+    show = progress if progress is not None else len(plan.layers) * len(per_layer) > 64
+    bar = tqdm(total=len(plan.layers) * len(per_layer), desc=f"headzoo patch {site.name}", disable=not show, leave=False)
     try:
         with torch.no_grad():
-            for layer in layers:
+            for layer in plan.layers:
                 donor_act = donor_acts[layer]
                 for start in range(0, len(per_layer), group):
                     chunk = per_layer[start : start + group]
@@ -377,21 +436,16 @@ def run_patching(
                     else:
                         logits = run.full(receiver.repeat(g, 1), [(hooks[layer], patch)])
                     for j, idx in enumerate(chunk):
-                        values.append(_evaluate(metric, run.expand(logits[j * batch : (j + 1) * batch], seq), batch, per_example))
+                        values.append(_evaluate_rows(metric, run.expand(logits[j * batch : (j + 1) * batch], seq), plan, per_example))
                         index.append((layer, *idx))
                     del logits
                     bar.update(g)
     finally:
         bar.close()
-    return {
-        "index": index,
-        "values": torch.stack(values),
-        "baseline": baseline,
-        "source": source,
-        "reused_layers": reuse,
-        "patches_per_forward": group,
-        "read_positions": run.read,
-    }
+    engine = {"reused_layers": reuse, "patches_per_forward": group, "read_positions": run.read}
+    if plan.lengths is not None:
+        engine["lengths"] = plan.lengths.tolist()
+    return PatchResult(index, torch.stack(values), baseline, source, engine)
 
 
 def _product(ranges: list[range]) -> list[tuple[int, ...]]:
@@ -410,7 +464,7 @@ def run_attribution(
     *,
     direction: Direction = "denoise",
     per_example: bool = False,
-) -> dict[str, Any]:
+) -> PatchResult:
     """Attribution patching (Nanda 2023; Syed et al. 2023): the first-order estimate of every
     patch of ``site`` at once, ``metric(receiver) + grad . (donor_act - receiver_act)``, from
     one forward and one backward pass on the receiving run and one forward on the donor.
@@ -420,8 +474,9 @@ def run_attribution(
     """
     if site.layout not in (("pos", "head"), ("pos", "kv_head"), ("pos",)):
         raise InvalidOptionError(f"attribution patching supports head vectors and residual kinds, not {site.name!r}")
-    info, receiver, donor, _, hooks = _prepare(model, clean_tokens, corrupted_tokens, direction, site, None)
-    batch, seq = receiver.shape
+    plan = plan_patching(model, clean_tokens, corrupted_tokens, direction, site, None)
+    hooks, receiver, donor = plan.hooks, plan.receiver, plan.donor
+    batch, seq = plan.shape
     donor_acts: dict[int, torch.Tensor] = {}
     leaves: dict[int, torch.Tensor] = {}
 
@@ -437,10 +492,15 @@ def run_attribution(
             return leaves[layer]
         return hook
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hooks[layer], keep(layer)) for layer in hooks]):
-        source = _evaluate(metric, model(donor), batch, per_example)
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(hooks[layer], leaf(layer)) for layer in hooks]):
-        value = metric(model(receiver))
+    with torch.no_grad():
+        donor_logits = run(model, donor, edit=[(hooks[layer], keep(layer)) for layer in hooks])
+        assert donor_logits is not None
+        source = _evaluate_rows(metric, donor_logits, plan, per_example)
+    with torch.enable_grad():
+        receiver_logits = run(model, receiver, edit=[(hooks[layer], leaf(layer)) for layer in hooks])
+        assert receiver_logits is not None
+        with _lengths(plan.lengths):
+            value = metric(receiver_logits)
         out = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
         if per_example and (out.ndim != 1 or out.shape[0] != batch):
             raise InvalidOptionError(f"metric must return a [batch={batch}] tensor with per_example=True; got {tuple(out.shape)}")
@@ -453,6 +513,8 @@ def run_attribution(
         layers = sorted(leaves)
         grads = torch.autograd.grad(out.sum(), [leaves[layer] for layer in layers], allow_unused=True)
     baseline = out.detach().double().cpu()
+    with torch.no_grad():
+        _check_no_pad_reads(metric, receiver_logits.detach(), plan, baseline, per_example)
     index: list[tuple[int, ...]] = []
     values: list[torch.Tensor] = []
     by_pos = "pos" in site.axes
@@ -467,4 +529,5 @@ def run_attribution(
             delta = contrib[(slice(None), *idx)]  # [batch]: each example's first-order change
             values.append(baseline + delta if per_example else baseline + delta.sum())
             index.append((layer, *idx))
-    return {"index": index, "values": torch.stack(values), "baseline": baseline, "source": source}
+    engine: dict[str, Any] = {} if plan.lengths is None else {"lengths": plan.lengths.tolist()}
+    return PatchResult(index, torch.stack(values), baseline, source, engine)

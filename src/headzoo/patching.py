@@ -27,7 +27,8 @@ import torch
 from headzoo._effects import HeadEffects
 from headzoo._errors import InvalidOptionError
 from headzoo._models import library_versions, model_info
-from headzoo._patching import SITES, Direction, run_attribution, run_patching
+from headzoo._tokens import pad_right
+from headzoo._patching import SITES, Direction, PatchResult, current_lengths, run_attribution, run_patching
 
 __all__ = [
     "patch",
@@ -44,6 +45,7 @@ __all__ = [
     "log_prob",
     "loss",
     "kl_from",
+    "current_lengths",
     "KINDS",
 ]
 
@@ -80,7 +82,9 @@ def patch(
 
     Args:
         model: any TransformerLens model.
-        clean_tokens, corrupted_tokens: ``[batch, pos]`` token ids of the same shape.
+        clean_tokens, corrupted_tokens: ``[batch, pos]`` token ids of the same shape, or lists of
+            prompts of different lengths (row ``i`` of each as long as the other): those run
+            batched, right-padded, and the metric helpers read each row's own last position.
         metric: ``metric(logits) -> scalar`` (``[batch]`` with ``per_example=True``).
         kind: what to patch, one of :data:`KINDS`.
         by_pos: patch each position separately (head kinds; always for residual kinds).
@@ -111,7 +115,7 @@ def patch(
     return _effects(model, out, site, kind, by_pos, direction, per_example, positions, method="exact")
 
 
-def _effects(model: Any, out: dict, site: Any, kind: str, by_pos: bool, direction: str, per_example: bool,
+def _effects(model: Any, out: PatchResult, site: Any, kind: str, by_pos: bool, direction: str, per_example: bool,
              positions: Any, method: str) -> HeadEffects:
     info = model_info(model)
     reduce = (lambda t: float(t.mean())) if per_example else (lambda t: float(t))
@@ -120,16 +124,16 @@ def _effects(model: Any, out: dict, site: Any, kind: str, by_pos: bool, directio
         "kind": kind,
         "by_pos": by_pos or site.axes[-1:] == ("pos",),
         "direction": direction,
-        "baseline": reduce(out["baseline"]),
-        "source": reduce(out["source"]),
+        "baseline": reduce(out.baseline),
+        "source": reduce(out.source),
         "per_example": per_example,
         "positions": positions if positions is None or isinstance(positions, str) else ([positions] if isinstance(positions, int) else list(positions)),
         "model": info.config_dict(),
         "versions": library_versions(),
         "method": method,
-        "engine": {k: out[k] for k in ("reused_layers", "patches_per_forward", "read_positions") if k in out},
+        "engine": out.engine,
     }
-    return HeadEffects.from_values(out["index"], site.axes, out["values"].numpy(), meta)
+    return HeadEffects.from_values(out.index, site.axes, out.values.numpy(), meta)
 
 
 def attribution_patch(
@@ -222,7 +226,17 @@ def _answers(ids: Any, name: str) -> torch.Tensor:
 
 
 def _at(logits: torch.Tensor, pos: int) -> torch.Tensor:
-    return logits[:, pos] if logits.ndim == 3 else logits
+    """``logits[:, pos]``; on right-padded prompts of different lengths a negative ``pos``
+    counts from each row's own end (``-1``: its last real token)."""
+    if logits.ndim != 3:
+        return logits
+    lengths = current_lengths()
+    if lengths is None or pos >= 0 or len(lengths) != logits.shape[0]:
+        return logits[:, pos]
+    where = lengths.to(logits.device) + pos
+    if bool((where < 0).any()):
+        raise InvalidOptionError(f"pos={pos} lies before the start of a prompt of length {int(lengths.min())}")
+    return logits[torch.arange(logits.shape[0], device=logits.device), where]
 
 
 def _finish(values: torch.Tensor, per_example: bool) -> torch.Tensor:
@@ -263,12 +277,21 @@ def log_prob(answer: Any, *, pos: int = -1, per_example: bool = False) -> Callab
 
 def loss(tokens: Any, *, per_example: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` under the logits."""
-    ids = torch.as_tensor(tokens).long()
+    if isinstance(tokens, (list, tuple)) and tokens and len({len(r) for r in tokens}) > 1:
+        ids = pad_right([torch.as_tensor(r).long() for r in tokens]).ids
+    else:
+        ids = torch.as_tensor(tokens).long()
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         logp = logits[:, :-1].float().log_softmax(-1)
-        nll = -logp.gather(-1, ids[:, 1:, None].to(logp.device)).squeeze(-1).mean(-1)
-        return _finish(nll, per_example)
+        nll = -logp.gather(-1, ids[:, 1:, None].to(logp.device)).squeeze(-1)
+        lengths = current_lengths()
+        if lengths is None or len(lengths) != nll.shape[0]:
+            return _finish(nll.mean(-1), per_example)
+        # right-padded rows: only predictions of real next tokens count
+        real = torch.arange(nll.shape[1], device=nll.device)[None, :] < (lengths.to(nll.device) - 1)[:, None]
+        per_row = torch.where(real, nll, 0.0).sum(-1) / real.sum(-1).clamp_min(1)
+        return _finish(per_row, per_example)
 
     return metric
 
