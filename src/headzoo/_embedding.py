@@ -20,8 +20,10 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 
-from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError, UnsupportedModelError
+from headzoo._errors import InvalidOptionError, InvalidTokensError, MissingHooksError
+from headzoo._forward import check_finite, run
 from headzoo._models import model_info
+from headzoo._tokens import check_int
 
 __all__ = ["EmbeddingVariant", "effective_embedding", "embedding_metadata", "EMBEDDING_VARIANTS"]
 
@@ -35,10 +37,6 @@ EMBEDDING_VARIANTS: dict[str, str] = {
     "attention as pure self-attention, plus MLP0",
     "embed": "the token embedding alone, as the model reads it (hook_embed)",
 }
-
-
-class _Stop(Exception):
-    """Raised once the hook we need has fired: nothing after it is computed."""
 
 
 def _has_mlp0(model: Any) -> bool:
@@ -106,6 +104,7 @@ def effective_embedding(
     """
     _check_variant(variant)
     info = model_info(model)
+    check_finite(model)
     if tokens is None:
         ids = torch.arange(info.d_vocab)
     else:
@@ -116,8 +115,7 @@ def effective_embedding(
             raise InvalidTokensError(
                 f"tokens hold ids in [{int(ids.min())}, {int(ids.max())}] but the vocabulary is [0, {info.d_vocab - 1}]"
             )
-    if batch_size < 1:
-        raise InvalidOptionError(f"batch_size must be >= 1; got {batch_size}")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     hooks = model.hook_dict
     read = "hook_embed" if variant == "embed" else "blocks.0.hook_resid_post"
     needed = [read] + (["blocks.0.hook_attn_out"] if variant == "mlp0" else [])
@@ -136,32 +134,15 @@ def effective_embedding(
     out = torch.empty(ids.numel(), info.d_model, dtype=torch.float32, device=device)
     got: dict[str, torch.Tensor] = {}
 
-    def zero(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(output)
+    def zero(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return torch.zeros_like(x)
 
-    def keep(module: Any, inputs: Any, output: torch.Tensor) -> None:
-        got["x"] = output
-        raise _Stop
-
-    handles = []
-    try:
-        if "hook_pos_embed" in hooks:
-            handles.append(hooks["hook_pos_embed"].register_forward_hook(zero))
-        if variant == "mlp0":
-            handles.append(hooks["blocks.0.hook_attn_out"].register_forward_hook(zero))
-        handles.append(hooks[read].register_forward_hook(keep))
-        with torch.no_grad():
-            for start in range(0, ids.numel(), batch_size):
-                chunk = ids[start : start + batch_size].to(device)
-                got.clear()
-                try:
-                    model(chunk[:, None])
-                except _Stop:
-                    pass
-                if "x" not in got:
-                    raise UnsupportedModelError(f"{read} never fired during a forward pass of {type(model).__name__}")
-                out[start : start + chunk.numel()] = got["x"][:, 0].float()
-    finally:
-        for h in handles:
-            h.remove()
+    edit = ([("hook_pos_embed", zero)] if "hook_pos_embed" in hooks else []) + (
+        [("blocks.0.hook_attn_out", zero)] if variant == "mlp0" else [])
+    with torch.no_grad():
+        for start in range(0, ids.numel(), batch_size):
+            chunk = ids[start : start + batch_size].to(device)
+            # the pass stops at the hook read: nothing after block 0 runs
+            run(model, chunk[:, None], read={read: lambda x: got.__setitem__("x", x)}, edit=edit, stop_after=read)
+            out[start : start + chunk.numel()] = got["x"][:, 0].float()
     return out

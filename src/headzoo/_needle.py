@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import importlib
 import importlib.resources
-import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -24,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 
 from headzoo._decode import greedy_decode
 from headzoo._errors import DetectorNotApplicableError, InvalidOptionError
