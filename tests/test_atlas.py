@@ -166,7 +166,7 @@ def test_attention_view_is_offline_and_escapes_tokens():
 
 # -- the page as package data, its typed payload, escaping --------------------------------
 
-PAYLOAD = re.compile(r'<script id="atlas-data" type="application/json">(.*?)</script>', re.S)
+PAYLOAD = re.compile(r'<script id="atlas-data" type="application/json">(.*?)</script>', re.DOTALL)
 
 
 def _page_files() -> dict[str, str]:
@@ -179,7 +179,7 @@ def _page_files() -> dict[str, str]:
 def test_page_is_package_data_inlined_into_one_file(demo_atlas):
     files = _page_files()
     for name in ("title", "css", "data", "js"):
-        assert files["index.html"].count("{{headzoo:%s}}" % name) == 1
+        assert files["index.html"].count("{{headzoo:" + name + "}}") == 1
     page = demo_atlas.html()
     assert files["atlas.css"] in page and files["atlas.js"] in page  # inlined verbatim: opens from file://
     assert "{{headzoo:" not in page
@@ -323,7 +323,7 @@ def test_plot_returns_a_figure_and_never_shows(demo_atlas, monkeypatch):
 
 # -- the resume cache knows the weights ----------------------------------------------------
 
-_TWIN = dict(n_layers=2, n_heads=2, d_head=16, d_vocab=40, n_ctx=48, previous_token=(0, 0), induction=(1, 1))
+_TWIN = {"n_layers": 2, "n_heads": 2, "d_head": 16, "d_vocab": 40, "n_ctx": 48, "previous_token": (0, 0), "induction": (1, 1)}
 _TWIN_DETECTORS = ["previous_token", "induction", "copying"]
 
 

@@ -14,7 +14,7 @@ from headzoo.testing import PlantSpec, planted_model, word_tokenizer
 
 from conftest import cached_planted
 
-SPEC = dict(n_layers=2, n_heads=2, d_head=16, d_vocab=40, n_ctx=48, previous_token=(0, 0), induction=(1, 1))
+SPEC = {"n_layers": 2, "n_heads": 2, "d_head": 16, "d_vocab": 40, "n_ctx": 48, "previous_token": (0, 0), "induction": (1, 1)}
 
 
 class _Pair(torch.nn.Module):
