@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -161,3 +162,200 @@ def test_attention_view_is_offline_and_escapes_tokens():
     assert "AttentionView(2 heads" in repr(view)
     with pytest.raises(hz.InvalidOptionError):
         hz.attention_view(model, [(5, 0)])
+
+
+# -- the page as package data, its typed payload, escaping --------------------------------
+
+PAYLOAD = re.compile(r'<script id="atlas-data" type="application/json">(.*?)</script>', re.DOTALL)
+
+
+def _page_files() -> dict[str, str]:
+    import importlib.resources
+
+    folder = importlib.resources.files("headzoo").joinpath("_data/atlas")
+    return {n: folder.joinpath(n).read_text(encoding="utf-8") for n in ("index.html", "atlas.css", "atlas.js")}
+
+
+def test_page_is_package_data_inlined_into_one_file(demo_atlas):
+    files = _page_files()
+    for name in ("title", "css", "data", "js"):
+        assert files["index.html"].count("{{headzoo:" + name + "}}") == 1
+    page = demo_atlas.html()
+    assert files["atlas.css"] in page and files["atlas.js"] in page  # inlined verbatim: opens from file://
+    assert "{{headzoo:" not in page
+    # the packaged files cannot end their own element early once inlined
+    assert "</style" not in files["atlas.css"].lower()
+    assert "</script" not in files["atlas.js"].lower() and "<!--" not in files["atlas.js"]
+    payload = demo_atlas._payload()
+    assert json.loads(PAYLOAD.search(page).group(1)) == json.loads(json.dumps(dataclasses.asdict(payload)))
+
+
+def test_payload_is_typed_and_frozen(demo_atlas):
+    payload = demo_atlas._payload()
+    assert isinstance(payload, _atlas.AtlasPayload)
+    assert isinstance(payload.model, _atlas.PageModel) and payload.model.name == "planted-demo"
+    assert all(isinstance(d, _atlas.PageDetector) for d in payload.detectors)
+    assert [d.name for d in payload.detectors] == demo_atlas.scores.detectors
+    head = next(h for h in payload.heads if (h.layer, h.head) == (0, 2))
+    assert isinstance(head, _atlas.PageHead) and isinstance(head.top_keys[0], _atlas.PageKey)
+    assert head.common_offset == _atlas.PageOffset(1, head.common_offset.share)
+    assert isinstance(next(h for h in payload.heads if h.promotes).promotes[0], _atlas.PageOvPair)
+    assert payload.example.shape == (3, 4, 41, 41) and payload.meta.weights_fingerprint == demo_atlas.meta["weights_fingerprint"]
+    # a score the detector left out is null, every other is the score rounded to 4 decimals
+    wide = demo_atlas.scores.matrix("induction").to_numpy()
+    assert payload.scores["induction"][2][3] == round(float(wide[2, 3]), 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        payload.n_layers = 7  # type: ignore[misc]
+
+
+HOSTILE = ["</script><script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "line\u2028sep\u2029x", "<!--", "&lt;b&gt;",
+           "{{headzoo:js}}"]
+
+
+def _relabelled(atlas, names):
+    """``atlas`` with detector names, model name and example tokens replaced by ``names``."""
+    rename = dict(zip(atlas.scores.detectors, names))
+    frame = atlas.scores.to_frame()
+    frame["detector"] = frame["detector"].map(lambda d: rename.get(d, d))
+    meta = atlas.scores.meta
+    meta["detectors"] = {rename.get(k, k): v for k, v in meta["detectors"].items()}
+    scores = hz.HeadScores(frame, meta)
+    heads = [dict(h, labels=[rename.get(x, x) for x in h["labels"]],
+                  top_keys=[dict(k, token=names[i % len(names)]) for i, k in enumerate(h["top_keys"])],
+                  promotes=[dict(p, source=names[0], output=names[1]) for p in h["promotes"]]) for h in atlas.heads]
+    tokens = [names[i % len(names)] for i in range(len(atlas.example_tokens))]
+    top_meta = dict(atlas.meta, model=dict(atlas.meta["model"], name=names[0] + names[2]))
+    return _atlas.HeadAtlas(scores, heads, tokens, atlas.example_patterns, top_meta)
+
+
+def test_every_string_in_the_page_is_escaped(demo_atlas):
+    atlas = _relabelled(demo_atlas, HOSTILE)
+    page = atlas.html()
+    for word in HOSTILE:
+        if any(c in word for c in "<>&"):
+            assert word not in page, word
+    data_text = PAYLOAD.search(page).group(1)
+    assert "\u2028" not in data_text and "\u2029" not in data_text  # JavaScript line separators stay escaped
+    assert page.count("</script>") == 4 and page.count("<script") == 4  # only the page's own scripts
+    assert page.count("<!--") == 0
+    assert "<title>headzoo atlas: &lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;line" in page
+    # a name that looks like a placeholder is text, not a second copy of the script
+    assert page.count(_page_files()["atlas.js"]) == 1
+    data = json.loads(data_text)  # and the strings come back exactly
+    assert [d["name"] for d in data["detectors"]][:len(HOSTILE)] == HOSTILE[:len(data["detectors"])]
+    assert data["example"]["tokens"][:len(HOSTILE)] == HOSTILE
+    assert data["model"]["name"] == HOSTILE[0] + HOSTILE[2]
+    assert data["heads"][0]["promotes"][0]["source"] == HOSTILE[0]
+
+
+def test_the_one_escaper(monkeypatch):
+    from headzoo import _viz
+
+    assert _viz.json_for_script is _atlas.json_for_script
+    text = _atlas.json_for_script({"k</script>": ["\u2028", "<!--", "&"]})
+    assert not set(text) & set("<>&\u2028\u2029") and json.loads(text) == {"k</script>": ["\u2028", "<!--", "&"]}
+
+
+# -- non-finite numbers: a typed error that says where, never a JSON error -----------------
+
+
+def test_non_finite_values_are_named(demo_atlas, tmp_path):
+    with pytest.raises(hz.NonFiniteError, match=r"data\['a'\]\[1\]"):
+        _atlas.json_for_script({"a": [1.0, float("nan")]})
+
+    frame = demo_atlas.scores.to_frame()
+    hit = (frame["detector"] == "induction") & (frame["layer"] == 1) & (frame["head"] == 2)
+    frame.loc[hit, "score"] = float("inf")
+    bad = _atlas.HeadAtlas(hz.HeadScores(frame, demo_atlas.scores.meta), demo_atlas.heads, demo_atlas.example_tokens,
+                           demo_atlas.example_patterns, demo_atlas.meta)
+    with pytest.raises(hz.NonFiniteError, match=r"'induction'.*L1H2 \(inf\)"):
+        bad.html()
+    with pytest.raises(hz.NonFiniteError, match="L1H2"):
+        bad.write(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # checked before anything is written
+
+    heads = [dict(h) for h in demo_atlas.heads]
+    heads[5] = dict(heads[5], promotes=[dict(heads[5]["promotes"][0], logit=float("-inf"))])
+    bad = _atlas.HeadAtlas(demo_atlas.scores, heads, demo_atlas.example_tokens, demo_atlas.example_patterns, demo_atlas.meta)
+    with pytest.raises(hz.NonFiniteError, match=r"OV logit of head L1H1 \(promotes"):
+        bad.html()
+
+    meta = json.loads(json.dumps(demo_atlas.meta))
+    meta["detectors"]["induction"]["options"]["weird"] = float("nan")
+    bad = _atlas.HeadAtlas(demo_atlas.scores, demo_atlas.heads, demo_atlas.example_tokens, demo_atlas.example_patterns, meta)
+    with pytest.raises(hz.NonFiniteError, match=r"meta\['detectors'\]\['induction'\]\['options'\]\['weird'\]"):
+        bad.write(tmp_path / "bad")
+
+
+def test_build_refuses_a_non_finite_score(demo, monkeypatch):
+    real = _atlas._detect
+
+    def poisoned(model, unit, **kw):
+        part = real(model, unit, **kw)
+        frame = part.to_frame()
+        frame.loc[(frame["detector"] == "previous_token") & (frame["layer"] == 0) & (frame["head"] == 3), "score"] = float("nan")
+        return hz.HeadScores(frame, part.meta)
+
+    monkeypatch.setattr(_atlas, "_detect", poisoned)
+    with pytest.raises(hz.NonFiniteError, match=r"'previous_token'.*L0H3 \(nan\)"):
+        hz.build_atlas(demo, "previous_token")
+
+
+def test_build_refuses_non_finite_attention_and_names_the_head():
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=16, d_vocab=40, n_ctx=48, previous_token=(0, 0), induction=(1, 1), seed=3)
+    model = planted_model(spec)
+    d_head = spec.d_head
+    with torch.no_grad():
+        model.blocks[1].attn.q.weight[d_head:2 * d_head] = float("nan")  # head 1 of the last layer
+    with pytest.raises(hz.NonFiniteError, match=r"heads L1H1 on the example"):
+        hz.build_atlas(model, "previous_token")
+
+
+def test_plot_returns_a_figure_and_never_shows(demo_atlas, monkeypatch):
+    import plotly.graph_objects as go
+
+    monkeypatch.setattr(go.Figure, "show", lambda *a, **k: pytest.fail("plot() must not show"))
+    fig = demo_atlas.plot()
+    assert isinstance(fig, go.Figure) and len(fig.data) == len(demo_atlas.scores.detectors)
+    one = demo_atlas.plot("induction")
+    assert len(one.data) == 1 and one.data[0].z[2][3] == demo_atlas.scores.matrix("induction").iloc[2, 3]
+
+
+# -- the resume cache knows the weights ----------------------------------------------------
+
+_TWIN = {"n_layers": 2, "n_heads": 2, "d_head": 16, "d_vocab": 40, "n_ctx": 48, "previous_token": (0, 0), "induction": (1, 1)}
+_TWIN_DETECTORS = ["previous_token", "induction", "copying"]
+
+
+def test_two_models_of_one_shape_never_share_a_cache_entry(tmp_path, monkeypatch):
+    from headzoo._fingerprint import weights_fingerprint
+
+    a, b = planted_model(PlantSpec(**_TWIN, seed=1)), planted_model(PlantSpec(**_TWIN, seed=2))
+    assert _atlas.model_info(a).config_hash() == _atlas.model_info(b).config_hash()  # the same architecture
+    fresh_a = hz.build_atlas(a, _TWIN_DETECTORS).scores.to_frame()
+    fresh_b = hz.build_atlas(b, _TWIN_DETECTORS).scores.to_frame()
+    assert not fresh_a["score"].equals(fresh_b["score"])  # otherwise this test could not fail
+
+    calls: list[list[str]] = []
+    real = _atlas._detect
+
+    def counting(model, unit, **kw):
+        calls.append([d.name for d in unit])
+        return real(model, unit, **kw)
+
+    monkeypatch.setattr(_atlas, "_detect", counting)
+    cache = tmp_path / "cache"
+    hz.build_atlas(a, _TWIN_DETECTORS, cache_dir=cache)
+    n_units = len(calls)
+    assert n_units == 2  # the pattern detectors together, the weight detector alone
+    calls.clear()
+    from_b = hz.build_atlas(b, _TWIN_DETECTORS, cache_dir=cache)
+    assert len(calls) == n_units  # nothing of a's was reused
+    pd.testing.assert_frame_equal(from_b.scores.to_frame(), fresh_b)
+    assert from_b.meta["weights_fingerprint"] == weights_fingerprint(b) != weights_fingerprint(a)
+    assert len(list(cache.glob("*.parquet"))) == 2 * n_units
+    calls.clear()
+    again = hz.build_atlas(b, _TWIN_DETECTORS, cache_dir=cache)  # the same weights resume: no recomputation
+    assert calls == []
+    pd.testing.assert_frame_equal(again.scores.to_frame(), fresh_b)
+    assert again.meta["weights_fingerprint"] == from_b.meta["weights_fingerprint"]

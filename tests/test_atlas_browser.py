@@ -131,6 +131,39 @@ def test_hostile_token_strings_show_as_text_and_run_nothing(browser, tmp_path):
     page.close()
 
 
+def test_hostile_detector_and_model_names_stay_text(browser, tmp_path):
+    """Detector names reach ids, table headers, plotly titles and hover labels; the model name
+    reaches the title. None of them may become markup or end a script."""
+    from headzoo import _atlas
+
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=44, n_ctx=64, previous_token=(0, 0), induction=(1, 1))
+    built = hz.build_atlas(planted_model(spec), ["previous_token", "induction"])
+    names = ['"><img src=x onerror=alert(1)>', "</script><script>alert(2)</script>\u2028{{headzoo:js}}"]
+    rename = dict(zip(built.scores.detectors, names))
+    frame = built.scores.to_frame()
+    frame["detector"] = frame["detector"].map(rename)
+    meta = built.scores.meta
+    meta["detectors"] = {rename[k]: v for k, v in meta["detectors"].items()}
+    heads = [dict(h, labels=[rename[x] for x in h["labels"]]) for h in built.heads]
+    atlas = _atlas.HeadAtlas(hz.HeadScores(frame, meta), heads, built.example_tokens, built.example_patterns,
+                             dict(built.meta, model=dict(built.meta["model"], name="<b>m</b>&amp;")))
+    out = atlas.write(tmp_path / "atlas")
+    page, seen = _open(browser, out)
+    page.wait_for_selector("#heatmaps .heatmap .main-svg")
+    assert page.inner_text("#title") == "headzoo atlas: <b>m</b>&amp;"
+    assert page.title() == "headzoo atlas: <b>m</b>&amp;"
+    headers = page.locator("#heads thead th").all_text_contents()
+    assert headers[2:] == names
+    assert page.locator("#heatmaps .heatmap").count() == 2
+    page.locator("#heads tbody tr").first.click()
+    page.wait_for_selector("#card:not([hidden])")
+    assert all(n in page.text_content("#card-scores") for n in names)
+    assert page.locator("img, svg[onload], b").count() == 0
+    page.wait_for_timeout(300)
+    _check_clean(seen)
+    page.close()
+
+
 def test_atlas_of_the_default_model(browser, tmp_path):
     """The trained default model's atlas (the README's screenshot): its top induction head's card."""
     atlas = hz.build_atlas(hz.load_model())

@@ -207,5 +207,3 @@ def ablate(
     with model.hooks(fwd_hooks=hooks):
         yield model
 
-
-_check_heads = _by_layer  # until the attention view moves to check_heads (removed at the atlas merge)

@@ -5,6 +5,10 @@ records an example attention pattern of every head on a repeated-token probe, th
 head attends to most, and the tokens its OV circuit promotes and suppresses. ``atlas.write(dir)``
 writes ``index.html`` (opens from ``file://``, no network: plotly and circuitsvis are copied
 into ``assets/`` once), ``scores.parquet`` and ``meta.json``, each atomically.
+
+The page is package data (``headzoo/_data/atlas/``: ``index.html``, ``atlas.css``, ``atlas.js``):
+the CSS and JavaScript are inlined into the template and the data goes in as the JSON of one
+typed :class:`AtlasPayload`, escaped by :func:`json_for_script` (the only JSON-in-HTML escaper).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import html
+import importlib.resources
 import json
+import math
 import os
+import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, final
 
@@ -26,12 +33,19 @@ import pandas as pd
 import torch
 
 from headzoo._detector import Detector, PatternDetector
-from headzoo._errors import DetectorNotApplicableError, InvalidOptionError, InvalidTokensError, UnsupportedModelError
+from headzoo._errors import (
+    DetectorNotApplicableError,
+    InvalidOptionError,
+    InvalidTokensError,
+    NonFiniteError,
+    UnsupportedModelError,
+)
+from headzoo._fingerprint import weights_fingerprint
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
 from headzoo._results import HeadScores, _normalise, _write_atomic
 from headzoo._runner import read_patterns, run_detectors, select_detectors
-from headzoo._tokens import as_prompts
+from headzoo._tokens import as_prompts, token_strings
 
 __all__ = ["build_atlas", "HeadAtlas"]
 
@@ -41,20 +55,237 @@ _TOP_OV = 5
 _OV_SOURCES = 64
 
 
-def _json_for_script(value: Any) -> str:
+def json_for_script(value: Any) -> str:
     """JSON to place inside ``<script>``: no ``</script>``, ``<!--`` or anything a browser parses
-    as markup (``<``, ``>``, ``&`` and the JavaScript line separators are escaped)."""
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    as markup (``<``, ``>``, ``&`` and the JavaScript line separators are escaped).
+
+    Raises:
+        NonFiniteError: ``value`` holds a NaN or an infinity (JSON has no spelling for them);
+            the message says where.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        found = _first_non_finite(value)
+        if found is None:
+            raise
+        where, number = found
+        raise NonFiniteError(
+            f"Cannot write {number} at {where} into the page: JSON has no NaN or infinity. It comes from "
+            "the model (check its weights with torch.isfinite) or from the detector that computed it."
+        ) from None
     return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _token_strings(model: Any, ids: Sequence[int]) -> list[str]:
-    """How each id reads: the tokenizer's decoding, or ``#id`` without a tokenizer."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return [f"#{i}" for i in ids]
-    return [str(s) for s in tokenizer.batch_decode([[int(i)] for i in ids])]
+def _first_non_finite(value: Any, where: str = "data") -> tuple[str, float] | None:
+    """The path (``data['heads'][3]['argmax_bos']``) and value of the first NaN or infinity in a
+    tree of dicts, lists and tuples, or ``None`` when every number is finite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, value)
+    if isinstance(value, Mapping):
+        items: Any = ((f"{where}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for path, item in items:
+        found = _first_non_finite(item, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _finite(value: Any, what: str) -> float:
+    """``value`` as a float, or a :class:`NonFiniteError` saying that ``what`` is not finite."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise NonFiniteError(
+            f"{what} is {number}: the atlas needs finite numbers. It comes from the model (check its "
+            "weights with torch.isfinite) or from the detector that computed it."
+        )
+    return number
+
+
+# -- the page's data, typed ---------------------------------------------------------------
+# Field order is the JSON's key order. Every string reaches the page through to_json(), i.e.
+# through json_for_script, and atlas.js shows it with textContent (plotly labels via esc()).
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageModel:
+    """The model, as the page's header names it."""
+
+    name: str
+    model_class: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    n_ctx: int
+    d_vocab: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageDetector:
+    """One detector's heatmap and table column."""
+
+    name: str
+    threshold: float | None
+    kind: str | None
+    variant: str | None
+    reference: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageKey:
+    """A key position a head attends to on the example: ``attention`` is the mean over queries."""
+
+    pos: int
+    token: str
+    attention: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageOffset:
+    """A head's most common ``query - argmax key`` offset (BOS aside) and the share of queries."""
+
+    offset: int
+    share: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageOvPair:
+    """One OV-circuit entry: attending to ``source`` raises (or lowers) the logit of ``output``."""
+
+    source: str
+    output: str
+    logit: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageHead:
+    """One head's card."""
+
+    layer: int
+    head: int
+    labels: tuple[str, ...]
+    top_keys: tuple[PageKey, ...]
+    argmax_bos: float
+    common_offset: PageOffset | None
+    promotes: tuple[PageOvPair, ...]
+    suppresses: tuple[PageOvPair, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageExample:
+    """The example prompt: ``patterns`` is the base64 of uint8 ``[layer, head, query, key]``
+    attention (value / 255), of shape ``shape``."""
+
+    tokens: tuple[str, ...]
+    patterns: str
+    shape: tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageMeta:
+    """Provenance shown in the header (and kept with the data)."""
+
+    created: str | None
+    versions: Mapping[str, str]
+    model_config_hash: str | None
+    weights_fingerprint: str | None
+    skipped_detectors: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AtlasPayload:
+    """Everything ``atlas.js`` reads, typed. ``scores[detector][layer][head]`` is the score
+    rounded to 4 decimals, ``None`` where the detector did not score that head."""
+
+    model: PageModel
+    detectors: tuple[PageDetector, ...]
+    scores: Mapping[str, tuple[tuple[float | None, ...], ...]]
+    heads: tuple[PageHead, ...]
+    example: PageExample
+    meta: PageMeta
+    n_layers: int
+    n_heads: int
+
+    def to_json(self) -> str:
+        """The payload as JSON that is safe inside ``<script>`` (see :func:`json_for_script`)."""
+        return json_for_script(dataclasses.asdict(self))
+
+
+def _page_head(h: Mapping[str, Any]) -> PageHead:
+    """A card from one of ``HeadAtlas.heads``' dicts, checking that every number is finite."""
+    name = f"L{h['layer']}H{h['head']}"
+    offset = h.get("common_offset")
+
+    def pairs(kind: str) -> tuple[PageOvPair, ...]:
+        return tuple(
+            PageOvPair(str(p["source"]), str(p["output"]),
+                       _finite(p["logit"], f"the OV logit of head {name} ({kind}: {p['source']!r} -> {p['output']!r})"))
+            for p in h.get(kind, ())
+        )
+
+    return PageHead(
+        layer=int(h["layer"]),
+        head=int(h["head"]),
+        labels=tuple(str(label) for label in h["labels"]),
+        top_keys=tuple(
+            PageKey(int(k["pos"]), str(k["token"]),
+                    _finite(k["attention"], f"the attention of head {name} to key position {k['pos']}"))
+            for k in h.get("top_keys", ())
+        ),
+        argmax_bos=_finite(h.get("argmax_bos", 0.0), f"the BOS share of head {name}"),
+        common_offset=None if offset is None else PageOffset(
+            int(offset["offset"]), _finite(offset["share"], f"the common-offset share of head {name}")),
+        promotes=pairs("promotes"),
+        suppresses=pairs("suppresses"),
+    )
+
+
+def _score_rows(scores: HeadScores, name: str) -> tuple[tuple[float | None, ...], ...]:
+    """``[layer][head]`` scores of one detector, ``None`` where a head is not scored.
+
+    Raises:
+        NonFiniteError: a scored head's score is NaN or infinite (names the heads).
+    """
+    frame = scores.to_frame()
+    rows = frame.loc[frame["detector"] == name, ["layer", "head", "score"]]
+    bad = rows.loc[~np.isfinite(rows["score"].to_numpy(dtype=float))]
+    if len(bad):
+        heads = ", ".join(f"L{a}H{b} ({v})" for a, b, v in zip(bad["layer"], bad["head"], bad["score"]))
+        raise NonFiniteError(
+            f"Detector {name!r} gave non-finite scores to {len(bad)} head(s): {heads}. The atlas needs "
+            "finite scores; a head a detector cannot score should be left out, not given NaN. Check the "
+            "model's weights with torch.isfinite, or the detector."
+        )
+    table = scores.matrix(name).to_numpy()
+    return tuple(tuple(None if math.isnan(v) else round(float(v), 4) for v in row) for row in table)
+
+
+_PLACEHOLDER = re.compile(r"\{\{headzoo:(title|css|data|js)\}\}")
+
+
+def _render_page(title: str, payload: AtlasPayload) -> str:
+    """The page: the packaged template with its CSS and script inlined and the payload's JSON.
+
+    Placeholders are filled in one pass, so text put in (a model named ``{{headzoo:js}}``)
+    is never read as a placeholder itself.
+    """
+    folder = importlib.resources.files("headzoo").joinpath("_data/atlas")
+    template, css, js = (folder.joinpath(n).read_text(encoding="utf-8") for n in ("index.html", "atlas.css", "atlas.js"))
+    found = sorted(_PLACEHOLDER.findall(template))
+    if found != ["css", "data", "js", "title"]:
+        raise RuntimeError(f"headzoo's atlas template is damaged: placeholders {found}; reinstall headzoo")
+    # Inlined as raw text, so the packaged files must not end their own element early.
+    for name, text, stop in (("atlas.css", css, "</style"), ("atlas.js", js, "</script"), ("atlas.js", js, "<!--")):
+        if stop in text.lower():
+            raise RuntimeError(f"headzoo's {name} contains {stop!r} and cannot be inlined; reinstall headzoo")
+    values = {"title": html.escape(title), "css": css, "data": payload.to_json(), "js": js}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 def _units(selected: list[Detector]) -> list[list[Detector]]:
@@ -62,9 +293,9 @@ def _units(selected: list[Detector]) -> list[list[Detector]]:
     forward pass, every weight detector one vocabulary pass; other detectors run alone."""
     from headzoo._detector import WeightDetector
 
-    pattern = [d for d in selected if isinstance(d, PatternDetector)]
-    weights = [d for d in selected if isinstance(d, WeightDetector)]
-    rest = [[d] for d in selected if not isinstance(d, (PatternDetector, WeightDetector))]
+    pattern: list[Detector] = [d for d in selected if isinstance(d, PatternDetector)]
+    weights: list[Detector] = [d for d in selected if isinstance(d, WeightDetector)]
+    rest: list[list[Detector]] = [[d] for d in selected if not isinstance(d, (PatternDetector, WeightDetector))]
     return [u for u in (pattern, weights) if u] + rest
 
 
@@ -89,14 +320,17 @@ def _merge(parts: list[HeadScores]) -> HeadScores:
         meta.pop("skipped_detectors", None)
     frame = pd.concat(frames, ignore_index=True)
     base = ["detector", "layer", "head", "score"]
-    frame = frame[base + sorted(c for c in frame.columns if c not in base)]
+    frame = frame.reindex(columns=base + sorted(c for c in frame.columns if c not in base))
     return HeadScores(frame, meta, details=details)
 
 
-def _example_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor) -> np.ndarray:
+def example_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor) -> np.ndarray:
     """Every head's attention pattern on one prompt, ``[layer, head, query, key]`` float32.
 
     The runner's pattern pass: it stops after the last attention layer, so no logits are made.
+
+    Raises:
+        NonFiniteError: a head's pattern holds NaN or infinity (the message names the heads).
     """
     out = np.zeros((info.n_layers, info.n_heads, len(tokens), len(tokens)), dtype=np.float32)
 
@@ -105,6 +339,14 @@ def _example_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor) -> np.n
 
     with torch.no_grad():
         read_patterns(model, info, tokens[None].to(info.device), keep)
+    finite = np.isfinite(out).all(axis=(2, 3))
+    if not finite.all():
+        heads = ", ".join(f"L{a}H{b}" for a, b in zip(*np.nonzero(~finite)))
+        raise NonFiniteError(
+            f"The attention patterns of heads {heads} on the example prompt hold NaN or infinity. "
+            "Check the model's weights with torch.isfinite; a half-precision model may overflow "
+            "(load it in float32)."
+        )
     return out
 
 
@@ -140,7 +382,7 @@ def _ov_summary(model: Any, n_sources: int, seed: int) -> tuple[dict[tuple[int, 
         return {}, f"OV circuits unavailable: {exc}"
     ids = ext["ids"].tolist()
     all_ids = sorted(set(ids) | set(ext["up_id"].reshape(-1).tolist()) | set(ext["down_id"].reshape(-1).tolist()))
-    text = dict(zip(all_ids, _token_strings(model, all_ids)))
+    text = dict(zip(all_ids, token_strings(model, all_ids)))
     out: dict[tuple[int, int], dict[str, Any]] = {}
     n_layers, n_heads, _ = ext["up"].shape
     for layer in range(n_layers):
@@ -167,7 +409,8 @@ class HeadAtlas:
             ``top_keys``, ``argmax_bos``, ``common_offset``, ``promotes``, ``suppresses``.
         example_tokens: the example prompt's token strings.
         example_patterns: ``[layer, head, query, key]`` attention on the example (uint8, /255).
-        meta: model name and config hash, versions, detector options, probe seeds, date.
+        meta: model name and config hash, the weights' fingerprint, versions, detector
+            options, probe seeds, date.
     """
 
     __slots__ = ("scores", "heads", "example_tokens", "example_patterns", "meta")
@@ -188,44 +431,75 @@ class HeadAtlas:
         labels.index.names = ["layer", "head"]
         return wide.join(labels, how="right").reset_index()
 
-    def _payload(self) -> dict[str, Any]:
+    def plot(self, detector: str | None = None, metric: str = "score", *, cols: int = 4) -> Any:
+        """Layer x head heatmaps of the scores (see :meth:`HeadScores.plot`): a plotly
+        ``Figure``, returned, never shown."""
+        return self.scores.plot(detector, metric, cols=cols)
+
+    def _payload(self) -> AtlasPayload:
+        """What the page shows, typed and checked.
+
+        Raises:
+            NonFiniteError: a score, threshold, attention value or OV logit is NaN or infinite
+                (the message names the detector or head and the field).
+        """
         n_layers, n_heads = self.scores.shape
-        matrices = {}
-        for name in self.scores.detectors:
-            m = self.scores.matrix(name)
-            matrices[name] = [[None if v != v else round(float(v), 4) for v in row] for row in m.to_numpy()]
+        model = self.meta["model"]
         detector_meta = self.scores.meta["detectors"]
-        return {
-            "model": self.meta["model"],
-            "detectors": [
-                {"name": name, "threshold": detector_meta[name].get("threshold"), "kind": detector_meta[name].get("kind"),
-                 "variant": detector_meta[name].get("variant"), "reference": detector_meta[name].get("reference")}
-                for name in self.scores.detectors
-            ],
-            "scores": matrices,
-            "heads": self.heads,
-            "example": {
-                "tokens": self.example_tokens,
-                "patterns": base64.b64encode(self.example_patterns.tobytes()).decode("ascii"),
-                "shape": list(self.example_patterns.shape),
-            },
-            "meta": {k: self.meta[k] for k in ("created", "versions", "model_config_hash", "skipped_detectors") if k in self.meta},
-            "n_layers": n_layers,
-            "n_heads": n_heads,
-        }
+        detectors = []
+        for name in self.scores.detectors:
+            d = detector_meta[name]
+            threshold = d.get("threshold")
+            detectors.append(PageDetector(
+                name=name,
+                threshold=None if threshold is None else _finite(threshold, f"the threshold of detector {name!r}"),
+                kind=d.get("kind"), variant=d.get("variant"), reference=d.get("reference"),
+            ))
+        patterns = self.example_patterns
+        return AtlasPayload(
+            model=PageModel(
+                name=str(model.get("name", "model")), model_class=str(model.get("model_class", "")),
+                n_layers=int(model["n_layers"]), n_heads=int(model["n_heads"]), d_model=int(model["d_model"]),
+                d_head=int(model["d_head"]), n_ctx=int(model["n_ctx"]), d_vocab=int(model["d_vocab"]),
+            ),
+            detectors=tuple(detectors),
+            scores={name: _score_rows(self.scores, name) for name in self.scores.detectors},
+            heads=tuple(_page_head(h) for h in self.heads),
+            example=PageExample(
+                tokens=tuple(str(t) for t in self.example_tokens),
+                patterns=base64.b64encode(patterns.tobytes()).decode("ascii"),
+                shape=tuple(int(n) for n in patterns.shape),  # type: ignore[arg-type]
+            ),
+            meta=PageMeta(
+                created=self.meta.get("created"), versions=dict(self.meta.get("versions", {})),
+                model_config_hash=self.meta.get("model_config_hash"),
+                weights_fingerprint=self.meta.get("weights_fingerprint"),
+                skipped_detectors=dict(self.meta.get("skipped_detectors", {})),
+            ),
+            n_layers=n_layers,
+            n_heads=n_heads,
+        )
 
     def html(self) -> str:
-        """The page, referring to ``assets/plotly.min.js`` and ``assets/circuitsvis.js``."""
-        data = _json_for_script(self._payload())
-        title = html.escape(f"headzoo atlas: {self.meta['model'].get('name', 'model')}")
-        return _PAGE.replace("__TITLE__", title).replace("__DATA__", data)
+        """The page, referring to ``assets/plotly.min.js`` and ``assets/circuitsvis.js``.
+
+        Raises:
+            NonFiniteError: the data holds a NaN or infinity (the message says where).
+        """
+        return _render_page(f"headzoo atlas: {self.meta['model'].get('name', 'model')}", self._payload())
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``index.html``, ``scores.parquet``, ``meta.json`` and ``assets/`` to ``directory``.
 
         Every file is written to a temporary name and renamed, so a killed run never leaves a
         half-written file; the page is written last.
+
+        Raises:
+            NonFiniteError: the data or metadata holds a NaN or infinity (checked before any
+                file is written; :func:`build_atlas` already refuses such data).
         """
+        meta = _meta_json(self.meta)
+        page = self.html()
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         assets = out / "assets"
@@ -235,9 +509,7 @@ class HeadAtlas:
             if not target.exists() or target.stat().st_size != os.path.getsize(source):
                 _write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
         self.scores.save(out / "scores.parquet")
-        meta = json.dumps(self.meta, indent=1, ensure_ascii=False, allow_nan=False)
         _write_atomic(out / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
-        page = self.html()
         _write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
         return out
 
@@ -256,6 +528,21 @@ class HeadAtlas:
         body = "".join(rows) or "<tr><td colspan=2>no head passes a detector's threshold</td></tr>"
         return (f"<div><p>{html.escape(repr(self))}</p><table><thead><tr><th>head</th><th>labels</th></tr></thead>"
                 f"<tbody>{body}</tbody></table></div>")
+
+
+def _meta_json(meta: dict[str, Any]) -> str:
+    """``meta.json``'s text.
+
+    Raises:
+        NonFiniteError: an option or other entry is NaN or infinite (the message gives its path).
+    """
+    found = _first_non_finite(meta, "meta")
+    if found is not None:
+        raise NonFiniteError(
+            f"The atlas metadata holds {found[1]} at {found[0]}; JSON has no NaN or infinity. "
+            "Pass finite option values."
+        )
+    return json.dumps(meta, indent=1, ensure_ascii=False, allow_nan=False)
 
 
 def _assets() -> dict[str, str]:
@@ -291,11 +578,17 @@ def build_atlas(
         seed: seeds the probes, the example and the OV token sample.
         ov_sources: source tokens sampled for each head's OV promotions and suppressions.
         cache_dir: where finished detectors are kept while building, so a killed build
-            resumes without recomputing them (the command line uses ``DIR/.partial``).
+            resumes without recomputing them (the command line uses ``DIR/.partial``). An
+            entry is reused only for the same weights (:func:`weights_fingerprint`), the same
+            architecture, detector options and seed.
         **options: passed to :func:`hz.detect` (probe and detector options).
 
     Returns:
         :class:`HeadAtlas`; ``atlas.write(directory)`` writes the page.
+
+    Raises:
+        NonFiniteError: a score, attention pattern, OV logit or option is NaN or infinite (the
+            message names the detector or head and the field).
     """
     info = model_info(model)
     selected = select_detectors(detectors, dict(options, seed=seed))
@@ -304,10 +597,14 @@ def build_atlas(
     parts: list[HeadScores] = []
     skipped: dict[str, str] = {}
     key = info.config_hash()
+    # Scores depend on the weights, not only the architecture: two models of one shape must
+    # never share a cache entry.
+    fingerprint = weights_fingerprint(model)
     for unit in _units(selected):
         names = [d.name for d in unit]
         tag = "+".join(names)
-        stamp = json.dumps({"model": key, "options": [d.options() for d in unit], "seed": seed}, sort_keys=True, default=str)
+        stamp = json.dumps({"model": key, "weights": fingerprint, "options": [d.options() for d in unit], "seed": seed},
+                           sort_keys=True, default=str)
         digest = hashlib.sha256(f"{tag}|{stamp}".encode()).hexdigest()[:16]
         path = cache / f"{names[0]}-{digest}.parquet" if cache is not None else None
         if path is not None and path.exists():
@@ -330,15 +627,17 @@ def build_atlas(
         meta["atlas_stamp"] = stamp
         part = HeadScores(part.to_frame(), meta, details={n: part.details(n) for n in part.detectors if _has_details(part, n)})
         skipped.update(part.meta.get("skipped_detectors", {}))
+        for name in part.detectors:  # before caching: a non-finite result is never kept for a resume
+            _score_rows(part, name)
         if path is not None:
             part.save(path)
         parts.append(part)
     if not parts:
         raise DetectorNotApplicableError(f"no selected detector applies to this model: {skipped}")
     scores = _merge(parts)
-    ids = _example_ids(model, info, example, seed)
-    strings = _token_strings(model, ids.tolist())
-    patterns = _example_patterns(model, info, ids)
+    ids = example_ids(model, info, example, seed)
+    strings = token_strings(model, ids.tolist())
+    patterns = example_patterns(model, info, ids)
     ov, ov_note = _ov_summary(model, ov_sources, seed)
     labels = scores.labels()
     heads = []
@@ -354,6 +653,7 @@ def build_atlas(
         "format": _FORMAT,
         "model": info.config_dict(),
         "model_config_hash": key,
+        "weights_fingerprint": fingerprint,
         "versions": library_versions(),
         "detectors": scores.meta["detectors"],
         "probes": scores.meta.get("probes", {}),
@@ -366,7 +666,11 @@ def build_atlas(
     if skipped:
         meta["skipped_detectors"] = skipped
     quantised = np.clip(np.rint(patterns * 255), 0, 255).astype(np.uint8)
-    return HeadAtlas(scores, heads, strings, quantised, meta)
+    atlas = HeadAtlas(scores, heads, strings, quantised, meta)
+    # A NaN or infinity fails here, naming where it is, not later as a JSON error in write().
+    _meta_json(atlas.meta)
+    atlas._payload()
+    return atlas
 
 
 def _unit_options(unit: list[Detector]) -> set[str]:
@@ -386,7 +690,7 @@ def _has_details(scores: HeadScores, name: str) -> bool:
     return True
 
 
-def _example_ids(model: Any, info: ModelInfo, example: Any, seed: int) -> torch.Tensor:
+def example_ids(model: Any, info: ModelInfo, example: Any, seed: int) -> torch.Tensor:
     if example is None:
         probe = RepeatedTokens(n_prompts=1, seed=seed, half_len=None)
         half, _, _ = probe.resolve(info)
@@ -398,171 +702,3 @@ def _example_ids(model: Any, info: ModelInfo, example: Any, seed: int) -> torch.
     if len(prompts[0]) > 128:
         raise InvalidTokensError(f"example has {len(prompts[0])} tokens; the atlas shows at most 128 (shorten it)")
     return prompts[0]
-
-
-_PAGE = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
- body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2733; background: #f6f7f9; }
- header { background: #1d2733; color: #fff; padding: 14px 24px; }
- header h1 { margin: 0; font-size: 20px; }
- header p { margin: 4px 0 0; font-size: 13px; color: #c6d0dc; }
- main { display: grid; grid-template-columns: minmax(0, 3fr) minmax(320px, 2fr); gap: 16px; padding: 16px 24px; }
- section { background: #fff; border-radius: 8px; box-shadow: 0 1px 3px rgba(0,0,0,.12); padding: 12px 16px; margin-bottom: 16px; }
- h2 { font-size: 16px; margin: 4px 0 10px; }
- #heatmaps { display: flex; flex-wrap: wrap; gap: 8px; }
- .heatmap { width: 270px; height: 250px; }
- table { border-collapse: collapse; width: 100%; font-size: 13px; }
- th, td { text-align: left; padding: 4px 6px; border-bottom: 1px solid #e5e8ec; white-space: nowrap; }
- th { cursor: pointer; background: #eef1f4; position: sticky; top: 0; }
- th.sorted-asc::after { content: " \25B2"; } th.sorted-desc::after { content: " \25BC"; }
- tbody tr { cursor: pointer; } tbody tr:hover { background: #eef5ff; } tr.selected { background: #dbe9ff; }
- #table-wrap { max-height: 480px; overflow: auto; }
- #search { width: 100%; padding: 6px 8px; margin-bottom: 8px; font-size: 14px; box-sizing: border-box; }
- .label { display: inline-block; background: #e3ecfa; color: #1d4f91; border-radius: 10px; padding: 1px 8px; margin: 1px; font-size: 12px; }
- .tok { font-family: ui-monospace, Menlo, monospace; background: #f1f3f5; padding: 0 4px; border-radius: 3px; white-space: pre; }
- #card { position: sticky; top: 12px; }
- #card[hidden] { display: none; }
- .muted { color: #6b7785; font-size: 13px; }
- .pattern { min-height: 120px; }
-</style>
-</head>
-<body>
-<header><h1 id="title"></h1><p id="subtitle"></p></header>
-<main>
- <div>
-  <section><h2>Scores per detector (layer x head)</h2><p class="muted">Click a cell to open the head.</p><div id="heatmaps"></div></section>
-  <section><h2>Heads</h2>
-   <input id="search" type="search" placeholder="Search heads, e.g. induction or L2H3" aria-label="search heads">
-   <div id="table-wrap"><table id="heads"><thead></thead><tbody></tbody></table></div>
-  </section>
- </div>
- <div>
-  <section id="card" hidden>
-   <h2 id="card-title"></h2>
-   <div id="card-labels"></div>
-   <h3>Scores</h3><table id="card-scores"><tbody></tbody></table>
-   <h3>Attention on the example prompt</h3><div id="card-pattern" class="pattern"></div>
-   <h3>Keys it attends to most</h3><p id="card-offset" class="muted"></p><table id="card-keys"><tbody></tbody></table>
-   <h3>OV circuit: promotes</h3><table id="card-promotes"><tbody></tbody></table>
-   <h3>OV circuit: suppresses</h3><table id="card-suppresses"><tbody></tbody></table>
-  </section>
-  <section id="card-empty"><p class="muted">Select a head in a heatmap or the table to see its card.</p></section>
- </div>
-</main>
-<script id="atlas-data" type="application/json">__DATA__</script>
-<script src="assets/plotly.min.js"></script>
-<script src="assets/circuitsvis.js"></script>
-<script>
-"use strict";
-(function () {
-  const data = JSON.parse(document.getElementById("atlas-data").textContent);
-  const dets = data.detectors.map(d => d.name);
-  const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
-  const headName = h => "L" + h.layer + "H" + h.head;
-  const esc = s => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-  const score = (d, h) => { const row = data.scores[d][h.layer]; return row ? row[h.head] : null; };
-  const fmt = v => (v === null || v === undefined) ? "" : Number(v).toFixed(3);
-  const BLUES = [[0, "#f7fbff"], [0.25, "#c6dbef"], [0.5, "#6baed6"], [0.75, "#2171b5"], [1, "#08306b"]];
-
-  document.getElementById("title").textContent = "headzoo atlas: " + (data.model.name || "model");
-  document.getElementById("subtitle").textContent = data.n_layers + " layers x " + data.n_heads + " heads, d_model " +
-    data.model.d_model + ", vocabulary " + data.model.d_vocab + " - " + dets.length + " detectors - headzoo " +
-    (data.meta.versions || {}).headzoo + ", created " + data.meta.created;
-
-  // overview heatmaps
-  const maps = document.getElementById("heatmaps");
-  data.detectors.forEach(d => {
-    const div = el("div", undefined, "heatmap"); div.id = "heatmap-" + d.name; maps.appendChild(div);
-    const thr = d.threshold === null ? "none" : d.threshold;
-    Plotly.newPlot(div, [{
-      type: "heatmap", z: data.scores[d.name], colorscale: BLUES, zmin: 0, zmax: 1, showscale: false,
-      hovertemplate: esc(d.name) + "<br>L%{y}H%{x}<br>score %{z:.3f}<br>threshold " + esc(thr) + "<extra></extra>",
-    }], {
-      title: { text: esc(d.name), font: { size: 13 } }, margin: { l: 40, r: 10, t: 30, b: 35 },
-      xaxis: { title: { text: "head" }, dtick: 1 }, yaxis: { title: { text: "layer" }, autorange: "reversed", dtick: 1 },
-    }, { displayModeBar: false, responsive: true });
-    div.on("plotly_click", ev => { const p = ev.points[0]; select(data.heads.find(h => h.layer === p.y && h.head === p.x)); });
-  });
-
-  // heads table: search and sort
-  const thead = document.querySelector("#heads thead"), tbody = document.querySelector("#heads tbody");
-  const cols = [{ key: "head", label: "head" }, { key: "labels", label: "labels" }].concat(dets.map(d => ({ key: d, label: d })));
-  const hr = el("tr"); cols.forEach(c => { const th = el("th", c.label); th.dataset.key = c.key; hr.appendChild(th); }); thead.appendChild(hr);
-  const rows = data.heads.map(h => {
-    const tr = el("tr"); tr.dataset.head = headName(h);
-    tr.appendChild(el("td", headName(h)));
-    const lab = el("td"); h.labels.forEach(l => lab.appendChild(el("span", l, "label"))); tr.appendChild(lab);
-    dets.forEach(d => tr.appendChild(el("td", fmt(score(d, h)))));
-    tr.addEventListener("click", () => select(h));
-    return { h: h, tr: tr, text: (headName(h) + " " + h.labels.join(" ")).toLowerCase() };
-  });
-  let sortKey = "head", sortDir = 1;
-  function sortValue(r, key) {
-    if (key === "head") return r.h.layer * 100000 + r.h.head;
-    if (key === "labels") return r.h.labels.join(",");
-    const v = score(key, r.h); return v === null ? -Infinity : v;
-  }
-  function render() {
-    const q = document.getElementById("search").value.trim().toLowerCase();
-    const shown = rows.filter(r => !q || r.text.includes(q));
-    shown.sort((a, b) => { const x = sortValue(a, sortKey), y = sortValue(b, sortKey); return (x < y ? -1 : x > y ? 1 : 0) * sortDir; });
-    tbody.replaceChildren(...shown.map(r => r.tr));
-    thead.querySelectorAll("th").forEach(th => th.className = th.dataset.key === sortKey ? (sortDir > 0 ? "sorted-asc" : "sorted-desc") : "");
-  }
-  thead.addEventListener("click", ev => {
-    const key = ev.target.dataset.key; if (!key) return;
-    if (key === sortKey) sortDir = -sortDir; else { sortKey = key; sortDir = key === "head" || key === "labels" ? 1 : -1; }
-    render();
-  });
-  document.getElementById("search").addEventListener("input", render);
-  render();
-
-  // head card
-  const raw = atob(data.example.patterns); const shape = data.example.shape; const seq = shape[2];
-  function pattern(h) {
-    const base = (h.layer * shape[1] + h.head) * seq * seq; const out = [];
-    for (let q = 0; q < seq; q++) { const row = []; for (let k = 0; k < seq; k++) row.push(raw.charCodeAt(base + q * seq + k) / 255); out.push(row); }
-    return out;
-  }
-  function fill(id, rows) { const body = document.querySelector("#" + id + " tbody"); body.replaceChildren(...rows); }
-  function tokCell(s) { const td = el("td"); td.appendChild(el("span", s, "tok")); return td; }
-  function select(h) {
-    if (!h) return;
-    rows.forEach(r => r.tr.classList.toggle("selected", r.h === h));
-    document.getElementById("card").hidden = false; document.getElementById("card-empty").hidden = true;
-    document.getElementById("card-title").textContent = "Head " + headName(h) + " (layer " + h.layer + ", head " + h.head + ")";
-    const labels = document.getElementById("card-labels"); labels.replaceChildren();
-    if (h.labels.length) h.labels.forEach(l => labels.appendChild(el("span", l, "label")));
-    else labels.appendChild(el("span", "no detector over its threshold", "muted"));
-    fill("card-scores", data.detectors.map(d => {
-      const tr = el("tr"); tr.appendChild(el("td", d.name)); tr.appendChild(el("td", fmt(score(d.name, h))));
-      tr.appendChild(el("td", d.threshold === null ? "" : "threshold " + d.threshold, "muted")); return tr;
-    }));
-    const box = document.getElementById("card-pattern"); box.replaceChildren(); const target = el("div"); target.id = "cv-" + headName(h); box.appendChild(target);
-    const attn = pattern(h);
-    if (window.CircuitsVis) {
-      CircuitsVis.render(target.id, CircuitsVis.AttentionPattern, { tokens: data.example.tokens, attention: attn, maxValue: 1, minValue: 0 });
-    } else {
-      Plotly.newPlot(target, [{ type: "heatmap", z: attn, colorscale: BLUES, zmin: 0, zmax: 1 }], { margin: { t: 10 } }, { displayModeBar: false });
-    }
-    const off = h.common_offset;
-    document.getElementById("card-offset").textContent = "argmax on position 0 for " + Math.round(100 * h.argmax_bos) + "% of queries" +
-      (off ? "; most common other offset " + off.offset + " (" + Math.round(100 * off.share) + "% of queries)" : "");
-    fill("card-keys", h.top_keys.map(k => { const tr = el("tr"); tr.appendChild(el("td", "pos " + k.pos)); tr.appendChild(tokCell(k.token)); tr.appendChild(el("td", fmt(k.attention))); return tr; }));
-    const ov = key => h[key].length ? h[key].map(p => { const tr = el("tr"); tr.appendChild(tokCell(p.source)); tr.appendChild(el("td", "\u2192")); tr.appendChild(tokCell(p.output)); tr.appendChild(el("td", fmt(p.logit))); return tr; })
-      : [(() => { const tr = el("tr"); tr.appendChild(el("td", "not computed for this model", "muted")); return tr; })()];
-    fill("card-promotes", ov("promotes")); fill("card-suppresses", ov("suppresses"));
-    if (location.hash !== "#" + headName(h)) history.replaceState(null, "", "#" + headName(h));
-  }
-  const fromHash = data.heads.find(h => "#" + headName(h) === location.hash);
-  if (fromHash) select(fromHash);
-})();
-</script>
-</body>
-</html>
-"""

@@ -15,8 +15,8 @@ from typing import Any, final
 
 import numpy as np
 
-from headzoo._atlas import _json_for_script
-from headzoo._errors import InvalidOptionError
+from headzoo._atlas import json_for_script
+from headzoo._tokens import check_heads, check_int, token_strings
 from headzoo._models import model_info
 
 __all__ = ["attention_view", "AttentionView"]
@@ -56,7 +56,7 @@ class AttentionView:
         }
         return (
             f'<div id="{ident}" style="margin: 10px 0;"></div>'
-            f'<script type="application/json" id="{ident}-data">{_json_for_script(props)}</script>'
+            f'<script type="application/json" id="{ident}-data">{json_for_script(props)}</script>'
             f"<script>{script}\n;CircuitsVis.render({json.dumps(ident)}, CircuitsVis.AttentionHeads, "
             f"JSON.parse(document.getElementById({json.dumps(ident + '-data')}).textContent));</script>"
             f"<noscript>{html.escape(repr(self))}</noscript>"
@@ -79,18 +79,18 @@ def attention_view(model: Any, heads: Any = None, tokens: Any = None, *, seed: i
     Returns:
         :class:`AttentionView`: display it in a notebook, or write ``view.html()`` to a file.
     """
-    from headzoo._ablation import _check_heads
-    from headzoo._atlas import _example_ids, _example_patterns, _token_strings
+    from headzoo._atlas import example_ids, example_patterns
 
     info = model_info(model)
     if heads is None:
         pairs = [(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
     else:
-        by_layer = _check_heads(heads, info.n_layers, info.n_heads)
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in check_heads(heads, info.n_layers, info.n_heads):
+            by_layer.setdefault(layer, []).append(head)
         pairs = [(layer, head) for layer, hs in by_layer.items() for head in hs]
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise InvalidOptionError(f"seed must be an integer; got {seed!r}")
-    ids = _example_ids(model, info, tokens, seed)
-    patterns = _example_patterns(model, info, ids)
+    seed = check_int(seed, "seed")
+    ids = example_ids(model, info, tokens, seed)
+    patterns = example_patterns(model, info, ids)
     chosen = np.stack([patterns[layer, head] for layer, head in pairs])
-    return AttentionView(_token_strings(model, ids.tolist()), pairs, chosen)
+    return AttentionView(token_strings(model, ids.tolist()), pairs, chosen)
