@@ -43,7 +43,8 @@ from headzoo._errors import (
 from headzoo._fingerprint import weights_fingerprint
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
-from headzoo._results import HeadScores, _normalise, _write_atomic
+from headzoo._io import normalise, write_atomic
+from headzoo._results import HeadScores
 from headzoo._runner import read_patterns, run_detectors, select_detectors
 from headzoo._tokens import as_prompts, token_strings
 
@@ -421,7 +422,7 @@ class HeadAtlas:
         self.heads = heads
         self.example_tokens = example_tokens
         self.example_patterns = example_patterns
-        self.meta = _normalise(meta)
+        self.meta = normalise(meta)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, labels`` and every detector's score as a column."""
@@ -507,10 +508,10 @@ class HeadAtlas:
         for name, source in _assets().items():
             target = assets / name
             if not target.exists() or target.stat().st_size != os.path.getsize(source):
-                _write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+                write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
         self.scores.save(out / "scores.parquet")
-        _write_atomic(out / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
-        _write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+        write_atomic(out / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
+        write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
         return out
 
     def __repr__(self) -> str:

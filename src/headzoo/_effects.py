@@ -5,14 +5,14 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any, final
 
 import numpy as np
 import pandas as pd
 
-from headzoo._results import _colour, _normalise, _save_parquet
+from headzoo._errors import InvalidOptionError
+from headzoo._io import Payload, normalise, Result, positive_int
+from headzoo._results import colour
 
 __all__ = ["HeadEffects"]
 
@@ -20,7 +20,7 @@ _INDEX = ("layer", "head", "kv_head", "pos", "dest_pos", "src_pos")
 
 
 @final
-class HeadEffects:
+class HeadEffects(Result):
     """Effects of patching (or ablating) activations, one row per patched index.
 
     ``to_frame()`` has the index columns of the patch (``layer`` first, then ``head``,
@@ -36,6 +36,7 @@ class HeadEffects:
     """
 
     __slots__ = ("_frame", "_meta", "_examples")
+    _FORMAT = "HeadEffects"
 
     def __init__(self, frame: pd.DataFrame, meta: dict[str, Any], examples: np.ndarray | None = None) -> None:
         if "effect" not in frame.columns or "layer" not in frame.columns:
@@ -44,9 +45,9 @@ class HeadEffects:
         for col in frame.columns:
             frame[col] = frame[col].astype("int64" if col in _INDEX else "float64")
         self._frame = frame
-        self._meta = _normalise(meta)
+        self._meta = normalise(meta)
         if examples is not None:
-            examples = np.asarray(examples, dtype=np.float64)
+            examples = np.array(examples, dtype=np.float64)  # a copy: the caller keeps theirs
             if examples.ndim != 2 or examples.shape[0] != len(frame):
                 raise ValueError(f"per-example values must be [rows={len(frame)}, batch]; got {examples.shape}")
         self._examples = examples
@@ -114,7 +115,15 @@ class HeadEffects:
         return self._frame.groupby(["layer", col])[column].mean().unstack(col)
 
     def top(self, k: int = 5, *, by: str = "abs") -> pd.DataFrame:
-        """The ``k`` rows with the largest change from the baseline (``by="abs"``) or effect."""
+        """The ``k`` rows with the largest change from the baseline (``by="abs"``) or effect
+        (``by="effect"``).
+
+        Raises:
+            InvalidOptionError: ``k`` is not a positive integer or ``by`` is neither.
+        """
+        k = positive_int("k", k)
+        if by not in ("abs", "effect"):
+            raise InvalidOptionError(f"by must be 'abs' or 'effect'; got {by!r}")
         change = (self._frame["effect"] - self._meta["baseline"]).abs() if by == "abs" else self._frame["effect"]
         return self._frame.loc[change.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
 
@@ -142,7 +151,7 @@ class HeadEffects:
         ))
         fig.update_xaxes(title_text=str(table.columns.name), dtick=1)
         fig.update_yaxes(title_text=ylabel, autorange="reversed", dtick=ytick)
-        fig.update_layout(title=f"headzoo: {self._meta.get('kind', '')} patching ({self._meta.get('direction', '')})",
+        fig.update_layout(title=html.escape(f"headzoo: {self._meta.get('kind', '')} patching ({self._meta.get('direction', '')})"),
                           height=max(320, 18 * len(table) + 160))
         return fig
 
@@ -160,7 +169,7 @@ class HeadEffects:
         fig = go.Figure(go.Bar(x=labels, y=top["effect"], error_y=error, marker_color="#2171b5",
                                hovertemplate="%{x}<br>effect %{y:.4f}<extra></extra>"))
         fig.add_hline(y=self._meta.get("baseline", 0.0), line_dash="dash", line_color="#888")
-        fig.update_layout(title=f"headzoo: top {k} {self._meta.get('kind', '')} patches", yaxis_title="effect", width=640)
+        fig.update_layout(title=html.escape(f"headzoo: top {k} {self._meta.get('kind', '')} patches"), yaxis_title="effect", width=640)
         return fig
 
     def __repr__(self) -> str:
@@ -184,7 +193,7 @@ class HeadEffects:
             for layer, row in zip(table.index, values):
                 cells = "".join(
                     f"<td title='L{layer} {esc(str(table.columns.name))} {c}: {v:.4g}' style='width:14px;height:14px;"
-                    f"background:{_colour(abs(v - base), 0.0, spread)}'></td>" for c, v in zip(table.columns, row)
+                    f"background:{colour(abs(v - base), 0.0, spread)}'></td>" for c, v in zip(table.columns, row)
                 )
                 rows.append(f"<tr><th style='font-weight:normal'>{layer}</th>{cells}</tr>")
             parts.append(f"<table style='border-collapse:collapse'>{''.join(rows)}</table>")
@@ -192,22 +201,11 @@ class HeadEffects:
         parts.append("</div>")
         return "".join(parts)
 
-    # -- persistence ----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write Parquet: the frame, the metadata and any per-example values."""
-        extra = {b"headzoo": json.dumps(self._meta).encode()}
-        if self._examples is not None:
-            extra[b"headzoo_examples"] = json.dumps(self._examples.tolist()).encode()
-        return _save_parquet(self._frame, extra, path)
+    # -- persistence (save and load come from Result) ----------------------------------------
+    def _to_payload(self) -> Payload:
+        arrays = {} if self._examples is None else {"examples": self._examples}
+        return Payload(self._frame, self._meta, arrays=arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> HeadEffects:
-        """Read a file written by :meth:`save`."""
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        meta = table.schema.metadata or {}
-        if b"headzoo" not in meta:
-            raise ValueError(f"{path} is not a headzoo HeadEffects file")
-        examples = np.asarray(json.loads(meta[b"headzoo_examples"])) if b"headzoo_examples" in meta else None
-        return cls(table.to_pandas(), json.loads(meta[b"headzoo"]), examples)
+    def _from_payload(cls, payload: Payload) -> HeadEffects:
+        return cls(payload.frame, payload.meta, payload.arrays.get("examples"))

@@ -9,10 +9,11 @@ attention at every query that emits a token (the paper's), or zeroing the head's
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import html
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import pandas as pd
@@ -20,14 +21,16 @@ import torch
 from tqdm.auto import tqdm
 
 from headzoo._errors import InvalidOptionError
+from headzoo._io import Payload, Result, strings_as_str
 from headzoo._models import library_versions, model_info
 from headzoo._needle import NeedleHaystack, decode_needles
 
 __all__ = ["retrieval_masking", "MaskingCurve"]
 
 
+@final
 @dataclasses.dataclass(frozen=True, eq=False)
-class MaskingCurve:
+class MaskingCurve(Result):
     """Needle-retrieval accuracy with the top-K retrieval heads masked, beside K random heads.
 
     Attributes:
@@ -37,8 +40,18 @@ class MaskingCurve:
         meta: model, probe, the scores used to rank heads, seeds and decoding mode.
     """
 
+    _FORMAT = "MaskingCurve"
+
     frame: pd.DataFrame
     meta: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        # Own copies (the caller's frame and dict are left alone), strings as Parquet gives them
+        # back, so save/load round-trips exactly.
+        if not isinstance(self.frame, pd.DataFrame) or not isinstance(self.meta, dict):
+            raise InvalidOptionError("MaskingCurve needs a DataFrame and a metadata dict; build it with hz.retrieval_masking")
+        object.__setattr__(self, "frame", strings_as_str(self.frame))
+        object.__setattr__(self, "meta", copy.deepcopy(self.meta))
 
     def to_frame(self) -> pd.DataFrame:
         """The tidy table (a copy)."""
@@ -59,7 +72,7 @@ class MaskingCurve:
 
         summary = self.summary()
         methods = list(dict.fromkeys(self.frame["method"]))
-        fig = make_subplots(rows=1, cols=len(methods), subplot_titles=[f"{m} masking" for m in methods],
+        fig = make_subplots(rows=1, cols=len(methods), subplot_titles=[html.escape(f"{m} masking") for m in methods],
                             shared_yaxes=True, horizontal_spacing=0.06)
         colours = {"top": "#c0392b", "random": "#2c7fb8"}
         for col, method in enumerate(methods, start=1):
@@ -77,11 +90,11 @@ class MaskingCurve:
                 fig.add_trace(go.Scatter(
                     x=rows["k"], y=rows["mean"], mode="lines+markers", name=label, legendgroup=kind,
                     showlegend=col == 1, line={"color": colours[kind]},
-                    hovertemplate=f"{label}<br>K %{{x}}<br>accuracy %{{y:.3f}}<extra>{method}</extra>",
+                    hovertemplate=f"{label}<br>K %{{x}}<br>accuracy %{{y:.3f}}<extra>{html.escape(method)}</extra>",
                 ), row=1, col=col)
             fig.update_xaxes(title_text="K heads masked", row=1, col=col)
         fig.update_yaxes(title_text="needle retrieval accuracy", range=[-0.02, 1.02], row=1, col=1)
-        fig.update_layout(title=f"headzoo: masking retrieval heads of {self.meta.get('model', {}).get('name', 'model')}",
+        fig.update_layout(title=html.escape(f"headzoo: masking retrieval heads of {self.meta.get('model', {}).get('name', 'model')}"),
                           height=420, width=max(480, 420 * len(methods)))
         return fig
 
@@ -90,8 +103,16 @@ class MaskingCurve:
         return f"MaskingCurve(methods {list(dict.fromkeys(self.frame['method']))}, K {ks}, {self.meta['n_random']} random draws)"
 
     def _repr_html_(self) -> str:
+        """Self-contained HTML (no scripts): what was masked and the accuracy table."""
         table = self.summary().to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True)
         return f"<div><p>{html.escape(repr(self))}</p>{table}</div>"
+
+    def _to_payload(self) -> Payload:
+        return Payload(self.frame, self.meta)
+
+    @classmethod
+    def _from_payload(cls, payload: Payload) -> MaskingCurve:
+        return cls(payload.frame, payload.meta)
 
 
 def _ranking(scores: Any, n_layers: int, n_heads: int) -> tuple[torch.Tensor, str]:

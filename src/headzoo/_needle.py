@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import importlib
 import importlib.resources
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from jaxtyping import Float, Int
 from headzoo._decode import greedy_decode
 from headzoo._errors import DetectorNotApplicableError, InvalidOptionError
 from headzoo._forward import check_finite
+from headzoo._io import Payload, Result
 from headzoo._models import ModelInfo, model_info
 from headzoo._tokens import check_bool, check_int, ordinary_ids
 
@@ -394,8 +396,9 @@ class NeedleTrials:
                 f"{list(self.meta['depths'])}, {self.meta['filler']} filler, {self.meta['question']} question)")
 
 
+@final
 @dataclasses.dataclass(frozen=True, eq=False)
-class NeedleRun:
+class NeedleRun(Result):
     """What greedy decoding of needle trials produced.
 
     Attributes:
@@ -405,7 +408,12 @@ class NeedleRun:
             query at each step, or ``None`` when not recorded (masked runs).
         mode: ``"kv_cache"`` or ``"recompute"`` (full forward per step), and why.
         masked: the heads masked during decoding and how, or ``None``.
+
+    ``save(path)`` keeps all of it (the trials' prompts and answers, the decoded ids and keys
+    with their dtypes); ``hz.NeedleRun.load(path)`` gives it back.
     """
+
+    _FORMAT = "NeedleRun"
 
     trials: NeedleTrials
     generated: Int[torch.Tensor, "trial step"]
@@ -464,7 +472,7 @@ class NeedleRun:
             )
         return self.copy_scores()[ok].mean(0)
 
-    def frame(self, min_recall: float = 0.5) -> pd.DataFrame:
+    def to_frame(self, min_recall: float = 0.5) -> pd.DataFrame:
         """One row per trial: the trial's layout plus ``recall``, ``retrieved`` and the decoded ids."""
         df = self.trials.frame.copy()
         df["recall"] = self.recall
@@ -472,6 +480,80 @@ class NeedleRun:
         df["answer"] = [a.tolist() for a in self.trials.answers]
         df["generated"] = self.generated.tolist()
         return df
+
+    def frame(self, min_recall: float = 0.5) -> pd.DataFrame:
+        """The same as :meth:`to_frame` (its earlier name)."""
+        return self.to_frame(min_recall)
+
+    def _recall_table(self) -> pd.DataFrame:
+        """Mean answer recall, ``length x depth``."""
+        df = self.trials.frame[["length", "depth"]].copy()
+        df["recall"] = self.recall
+        return df.groupby(["length", "depth"])["recall"].mean().unstack("depth")
+
+    def plot(self, min_recall: float = 0.5) -> Any:
+        """Mean answer recall per prompt length and needle depth, as a plotly ``Figure``
+        (returned, never shown); the title gives the share of needles retrieved."""
+        import plotly.graph_objects as go
+
+        table = self._recall_table()
+        share = float(self.retrieved(min_recall).mean()) if len(self.trials) else float("nan")
+        fig = go.Figure(go.Heatmap(
+            z=table.to_numpy(), x=[f"{d:g}" for d in table.columns], y=[str(n) for n in table.index],
+            colorscale="Blues", zmin=0.0, zmax=1.0, colorbar={"title": "recall"},
+            hovertemplate="length %{y}, depth %{x}<br>recall %{z:.2f}<extra></extra>",
+        ))
+        fig.update_xaxes(title_text="needle depth", type="category")
+        fig.update_yaxes(title_text="prompt length (tokens)", type="category")
+        what = "masked " + " ".join(f"L{a}H{b}" for a, b in self.masked["heads"]) if self.masked else "no heads masked"
+        fig.update_layout(title=html.escape(f"headzoo: needles retrieved {share:.0%} ({what}; {self.mode})"),
+                          height=max(300, 40 * len(table) + 180), width=max(420, 70 * len(table.columns) + 220))
+        return fig
+
+    def __repr__(self) -> str:
+        return (f"NeedleRun({len(self.trials)} trials, mean recall {self.recall.mean():.2f}, {self.mode}"
+                + (f", masked {self.masked['heads']} ({self.masked['method']})" if self.masked else "") + ")")
+
+    def _repr_html_(self) -> str:
+        """Self-contained HTML (no scripts): the run in one line and recall per length and depth."""
+        table = self._recall_table().to_html(float_format=lambda x: f"{x:.2f}", escape=True)
+        return (f"<div style='font-family:sans-serif;font-size:12px'><b>NeedleRun</b> &middot; "
+                f"{html.escape(repr(self))}<br>mean answer recall by prompt length (rows) and needle depth "
+                f"(columns){table}</div>")
+
+    # -- persistence (save and load come from Result) --------------------------------------
+    def _to_payload(self) -> Payload:
+        def ragged(name: str, parts: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+            dtypes = {p.dtype for p in parts}
+            if len(dtypes) > 1:
+                raise InvalidOptionError(f"cannot save: the trials' {name} mix dtypes {sorted(map(str, dtypes))}")
+            flat = torch.cat([p.reshape(-1) for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
+            return {name: flat.detach().cpu().numpy(),
+                    f"{name}_lengths": np.array([p.numel() for p in parts], dtype=np.int64)}
+
+        arrays = {**ragged("tokens", self.trials.tokens), **ragged("answers", self.trials.answers),
+                  "generated": self.generated.detach().cpu().numpy()}
+        if self.keys is not None:
+            arrays["keys"] = self.keys.detach().cpu().numpy()
+        meta = {"mode": self.mode, "masked": self.masked, "n_decode": self.trials.n_decode, "trials": self.trials.meta}
+        return Payload(self.to_frame(), meta, tables={"trials": self.trials.frame}, arrays=arrays)
+
+    @classmethod
+    def _from_payload(cls, payload: Payload) -> NeedleRun:
+        arrays = payload.arrays
+
+        def split(name: str) -> tuple[torch.Tensor, ...]:
+            flat, lengths = arrays[name], arrays[f"{name}_lengths"]
+            if int(lengths.sum()) != len(flat):
+                raise ValueError(f"{name}: lengths add up to {int(lengths.sum())}, not {len(flat)}")
+            if not len(lengths):
+                return ()
+            return tuple(torch.from_numpy(part.copy()) for part in np.split(flat, np.cumsum(lengths)[:-1]))
+
+        meta = payload.meta
+        trials = NeedleTrials(split("tokens"), split("answers"), payload.tables["trials"], meta["n_decode"], meta["trials"])
+        keys = torch.from_numpy(arrays["keys"].copy()) if "keys" in arrays else None
+        return cls(trials, torch.from_numpy(arrays["generated"].copy()), keys, meta["mode"], meta["masked"])
 
 
 def decode_needles(

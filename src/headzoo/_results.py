@@ -1,54 +1,24 @@
-"""Result types: one tidy frame plus metadata, plotted and rendered on demand."""
+"""Result types: one tidy frame plus metadata, plotted and rendered on demand, saved with a checksum."""
 
 from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, final
 
 import pandas as pd
 
-from headzoo._errors import UnknownDetectorError
+from headzoo._errors import EmptyResultError, InvalidOptionError, UnknownDetectorError
+from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
+
+
 
 __all__ = ["HeadScores"]
 
 _BASE = ["detector", "layer", "head", "score"]
 
 
-def _normalise(meta: dict[str, Any]) -> dict[str, Any]:
-    """Metadata as JSON would give it back, so save/load round-trips exactly."""
-    return json.loads(json.dumps(meta, default=str))
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _save_parquet(frame: pd.DataFrame, extra: dict[bytes, bytes], path: str | os.PathLike[str]) -> Path:
-    """Write ``frame`` as Parquet with ``extra`` in its schema metadata, atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
-    return path
-
-
-def _colour(value: float, lo: float, hi: float) -> str:
+def colour(value: float, lo: float, hi: float) -> str:
     if value != value:  # NaN
         return "#eeeeee"
     t = 0.0 if hi <= lo else min(max((value - lo) / (hi - lo), 0.0), 1.0)
@@ -58,7 +28,7 @@ def _colour(value: float, lo: float, hi: float) -> str:
 
 
 @final
-class HeadScores:
+class HeadScores(Result):
     """Per-head scores from one or more detectors, with the metadata to reproduce them.
 
     Build it with :func:`hz.detect`; do not subclass. ``to_frame()`` has one row per
@@ -67,6 +37,7 @@ class HeadScores:
     """
 
     __slots__ = ("_frame", "_meta", "_details")
+    _FORMAT = "HeadScores"
 
     def __init__(self, frame: pd.DataFrame, meta: dict[str, Any], details: dict[str, pd.DataFrame] | None = None) -> None:
         missing = [c for c in _BASE if c not in frame.columns]
@@ -80,12 +51,12 @@ class HeadScores:
             if col not in ("detector", "layer", "head"):
                 frame[col] = frame[col].astype("float64")
         self._frame = frame
-        self._meta = _normalise(meta)
+        self._meta = normalise(meta)
         self._details: dict[str, pd.DataFrame] = {}
         for name, table in (details or {}).items():
             if not isinstance(table, pd.DataFrame) or not {"layer", "head"} <= set(table.columns):
                 raise ValueError(f"details of {name!r} must be a DataFrame with layer and head columns")
-            table = table.reset_index(drop=True).copy()
+            table = strings_as_str(table)
             table["layer"] = table["layer"].astype("int64")
             table["head"] = table["head"].astype("int64")
             self._details[str(name)] = table
@@ -123,9 +94,25 @@ class HeadScores:
         return self._details[detector].copy()
 
     def _check(self, detector: str) -> pd.DataFrame:
-        if detector not in self.detectors:
-            raise UnknownDetectorError(detector, self.detectors)
-        return self._frame[self._frame["detector"] == detector]
+        """The rows of ``detector``.
+
+        Raises:
+            UnknownDetectorError: ``detector`` was not run.
+            EmptyResultError: it was run but scored no head.
+        """
+        if detector in self.detectors:
+            return self._frame[self._frame["detector"] == detector]
+        run = self._meta.get("detectors", {})
+        if isinstance(detector, str) and detector in run:
+            result = run[detector].get("result") if isinstance(run[detector], dict) else None
+            raise EmptyResultError(
+                f"{detector!r} was run but scored no head: every head's score was undefined, so there is no "
+                "row to show. A detector scores nothing when its probe gives it nothing to measure, e.g. "
+                "prompts too short for it, or without the repeated tokens or pairs it looks for"
+                + (f" (its result: {json.dumps(result)})" if result else "")
+                + ". Rerun with longer or more prompts, or with tokens that have what it needs."
+            )
+        raise UnknownDetectorError(detector, list(dict.fromkeys([*self.detectors, *run])))
 
     def matrix(self, detector: str, metric: str = "score") -> pd.DataFrame:
         """``layer x head`` table of ``metric`` for ``detector`` (NaN where a head was not scored)."""
@@ -140,7 +127,15 @@ class HeadScores:
         return table
 
     def top(self, k: int = 5, detector: str | None = None, metric: str = "score") -> pd.DataFrame:
-        """The ``k`` highest-scoring heads of each detector (or of one), best first."""
+        """The ``k`` highest-scoring heads of each detector (or of one), best first.
+
+        Raises:
+            InvalidOptionError: ``k`` is not a positive integer, or ``metric`` is not a column.
+        """
+        k = positive_int("k", k)
+        if metric not in self._frame.columns or metric in ("detector", "layer", "head"):
+            have = [c for c in self._frame.columns if c not in ("detector", "layer", "head")]
+            raise InvalidOptionError(f"metric must be one of {have}; got {metric!r}")
         if detector is not None:
             self._check(detector)
         frame = self._frame if detector is None else self._frame[self._frame["detector"] == detector]
@@ -153,7 +148,8 @@ class HeadScores:
 
     def threshold(self, detector: str) -> float | None:
         """The conventional threshold of ``detector`` (``None`` when it has none)."""
-        self._check(detector)
+        if detector not in self._meta.get("detectors", {}):
+            self._check(detector)
         return self._meta.get("detectors", {}).get(detector, {}).get("threshold")
 
     def labels(self) -> pd.DataFrame:
@@ -178,8 +174,7 @@ class HeadScores:
         names = [detector] if detector is not None else self.detectors
         for name in names:
             self._check(name)
-        if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
-            raise ValueError(f"cols must be a positive integer; got {cols!r}")
+        cols = positive_int("cols", cols)
         n_cols = min(cols, len(names))
         n_rows = -(-len(names) // n_cols)
         fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[html.escape(n) for n in names],
@@ -257,7 +252,7 @@ class HeadScores:
             for layer in table.index:
                 row = "".join(
                     f"<td title='L{layer}H{head}: {v:.3f}' style='width:14px;height:14px;"
-                    f"background:{_colour(v, 0.0, 1.0)}'></td>"
+                    f"background:{colour(v, 0.0, 1.0)}'></td>"
                     for head, v in zip(table.columns, table.loc[layer].to_numpy())
                 )
                 cells.append(f"<tr><th style='font-weight:normal;padding-right:4px'>{layer}</th>{row}</tr>")
@@ -272,34 +267,11 @@ class HeadScores:
         parts.append("</div>")
         return "".join(parts)
 
-    # -- persistence ----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a Parquet file holding the frame and (in its schema metadata) the metadata."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        extra = {b"headzoo": json.dumps(self._meta).encode()}
-        for name, details in self._details.items():  # each breakdown as an embedded Parquet table
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pandas(details, preserve_index=False), sink)
-            extra[f"headzoo_details/{name}".encode()] = sink.getvalue().to_pybytes()
-        return _save_parquet(self._frame, extra, path)
+    # -- persistence (save and load come from Result) ----------------------------------------
+    def _to_payload(self) -> Payload:
+        return Payload(self._frame, self._meta, tables={f"details/{name}": t for name, t in self._details.items()})
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> HeadScores:
-        """Read a file written by :meth:`save`."""
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(b"headzoo")
-        if raw is None:
-            raise ValueError(f"{path} is not a headzoo HeadScores file (no headzoo metadata)")
-        import pyarrow as pa
-
-        details = {
-            key.decode().removeprefix("headzoo_details/"): pq.read_table(pa.BufferReader(value)).to_pandas()
-            for key, value in (table.schema.metadata or {}).items()
-            if key.startswith(b"headzoo_details/")
-        }
-        table = table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items() if not k.startswith(b"headzoo_details/")})
-        return cls(table.to_pandas(), json.loads(raw), details=details)
+    def _from_payload(cls, payload: Payload) -> HeadScores:
+        details = {name.removeprefix("details/"): t for name, t in payload.tables.items() if name.startswith("details/")}
+        return cls(payload.frame, payload.meta, details=details)
