@@ -63,28 +63,30 @@ def _step_times(model: Any, context: int, steps: int) -> tuple[float, float]:
     import torch
 
     import headzoo as hz
-    from headzoo._needle import _Decoder
+    from headzoo._decode import _step
+    from headzoo._forward import open_kv_cache
 
     info = hz.model_info(model)
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(2, info.d_vocab, (1, context), generator=g)
-    from transformers import DynamicCache
+    last = torch.zeros(1, dtype=torch.long)
 
     out = []
     for record in (False, True):
-        decoder = _Decoder(model, info, record, None)
         with torch.no_grad():
-            kv = DynamicCache()
-            model(prompt, past_key_values=kv)
+            kv, why = open_kv_cache(model, 1, torch.device("cpu"))
+            assert kv is not None, why
+            kv.forward(model, prompt)()
+            kv.advance(prompt.shape[1])
             token = prompt[:, -1:]
             best = float("inf")
             for _ in range(3):  # best of three rounds, each the mean of `steps` steps
                 start = time.perf_counter()
                 for _ in range(steps):
                     if record:
-                        decoder.forward(lambda: model(token, past_key_values=kv))
+                        _step(model, info, token, last, True, (), forward=kv.forward(model, token))
                     else:
-                        model(token, past_key_values=kv)
+                        kv.forward(model, token)()
                 best = min(best, (time.perf_counter() - start) / steps)
         out.append(best)
     return out[0], out[1]

@@ -43,7 +43,7 @@ from headzoo._errors import (
 from headzoo._fingerprint import weights_fingerprint
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
-from headzoo._io import normalise, write_atomic
+from headzoo._io import Payload, Result, normalise, write_atomic
 from headzoo._results import HeadScores
 from headzoo._runner import read_patterns, run_detectors, select_detectors
 from headzoo._tokens import as_prompts, token_strings
@@ -401,7 +401,7 @@ def _ov_summary(model: Any, n_sources: int, seed: int) -> tuple[dict[tuple[int, 
 
 
 @final
-class HeadAtlas:
+class HeadAtlas(Result):
     """Everything the atlas page shows about one model's heads. Build with :func:`build_atlas`.
 
     Attributes:
@@ -415,6 +415,7 @@ class HeadAtlas:
     """
 
     __slots__ = ("scores", "heads", "example_tokens", "example_patterns", "meta")
+    _FORMAT = "HeadAtlas"
 
     def __init__(self, scores: HeadScores, heads: list[dict[str, Any]], example_tokens: list[str],
                  example_patterns: np.ndarray, meta: dict[str, Any]) -> None:
@@ -513,6 +514,19 @@ class HeadAtlas:
         write_atomic(out / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
         write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
         return out
+
+    def _to_payload(self) -> Payload:
+        # the scores' own payload, with the atlas's per-head records and example beside it
+        inner = self.scores._to_payload()
+        return Payload(inner.frame, self.meta, tables=inner.tables,
+                       arrays={"example_patterns": self.example_patterns},
+                       records={"scores_meta": inner.meta, "heads": self.heads, "example_tokens": self.example_tokens})
+
+    @classmethod
+    def _from_payload(cls, payload: Payload) -> HeadAtlas:
+        scores = HeadScores._from_payload(Payload(payload.frame, payload.records["scores_meta"], tables=payload.tables))
+        return cls(scores, list(payload.records["heads"]), list(payload.records["example_tokens"]),
+                   payload.arrays["example_patterns"], payload.meta)
 
     def __repr__(self) -> str:
         n_layers, n_heads = self.scores.shape

@@ -395,6 +395,17 @@ def _signature(model: Any) -> tuple:
     return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
 
 
+def _readable_name(model: Any, name: str, param: torch.Tensor) -> str:
+    """The parameter's ``state_dict`` name (a bridge's module path is much longer)."""
+    try:
+        for key, value in model.state_dict().items():
+            if value.data_ptr() == param.data_ptr() and value.shape == param.shape:
+                return key
+    except (AttributeError, RuntimeError):
+        pass
+    return name
+
+
 def check_finite(model: Any) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter holding NaN or infinity.
 
@@ -414,8 +425,8 @@ def check_finite(model: Any) -> None:
         if not bool(torch.isfinite(p.detach()).all()):
             bad = int((~torch.isfinite(p.detach())).sum())
             raise NonFiniteError(
-                f"the model's parameter {name!r} holds {bad} non-finite value(s) (NaN or infinity); "
-                "every score computed from it would be meaningless. Reload or repair the weights."
+                f"the model's parameter {_readable_name(model, name, p)!r} holds {bad} non-finite value(s) (NaN or "
+                "infinity); every score computed from it would be meaningless. Reload or repair the weights."
             )
     try:
         _finite_checked[model] = sig
