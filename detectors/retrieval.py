@@ -50,6 +50,7 @@ class Retrieval(hz.Detector):
     )
     threshold = 0.1
     kind = "decoding"
+    score_range = (0.0, 1.0)  # the share of answer tokens copied
 
     lengths: tuple[int, ...] | None = None
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -39,6 +39,7 @@ class Successor(hz.WeightDetector):
     description = "Its OV circuit maps an ordinal token to its successor (Monday -> Tuesday)."
     reference = "Gould, Ong, Ogden, Conmy 2023, Successor Heads, arXiv 2312.09230"
     variant = "argmax of W_EE[t] W_OV W_U over the task's tokens == successor(t); hit rate over pairs"
+    score_range = (0.0, 1.0)  # a hit rate over ordinal tokens
     threshold = 0.4
 
     tasks: Any = None

@@ -47,6 +47,8 @@ class Detector(abc.ABC):
     reference: ClassVar[str] = ""
     variant: ClassVar[str] = ""
     threshold: ClassVar[float | None] = None
+    #: ``(low, high)`` every score lies in, checked by ``headzoo.testing.check_detector``
+    score_range: ClassVar[tuple[float, float] | None] = None
     kind: ClassVar[str]
 
     def __post_init__(self) -> None:
@@ -163,6 +165,7 @@ class PatternDetector(Detector):
     exclude_current_token: bool = False
 
     kind = "pattern"
+    score_range = (0.0, 1.0)  # a share of attention, whichever measure
     #: whether :meth:`match` reads token identities (False: positions only)
     needs_tokens: ClassVar[bool] = True
 
