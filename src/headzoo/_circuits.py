@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from headzoo._embedding import EmbeddingVariant, effective_embedding
 from headzoo._errors import InvalidOptionError, UnsupportedModelError
 from headzoo._models import ModelInfo, head_weights, model_info
+from headzoo._tokens import ordinary_ids
 
 __all__ = ["ov_copying_ratio", "WeightCircuits", "OVRanks", "rank_cutoff"]
 
@@ -142,10 +143,8 @@ class WeightCircuits:
 
     def candidates(self) -> Int[torch.Tensor, " n"]:
         """Token ids a sample may hold: real, non-special tokens."""
-        ids = torch.arange(self.n_outputs)
-        if self.info.special_token_ids:
-            ids = ids[~torch.isin(ids, torch.tensor(self.info.special_token_ids))]
-        return ids
+        ids = ordinary_ids(self.info)
+        return ids[ids < self.n_outputs]
 
     def sample(self, n_tokens: int, seed: int) -> Int[torch.Tensor, " n"]:
         """``n_tokens`` distinct source tokens, sorted (all candidates when there are fewer)."""
