@@ -70,7 +70,7 @@ class _Killed(BaseException):
 def test_a_killed_build_resumes_without_recomputing(demo, tmp_path, monkeypatch):
     calls: list[list[str]] = []
     killed = []
-    real = _atlas._detect
+    real = _atlas.run_detectors
 
     def counting(model, unit, **kw):
         calls.append([d.name for d in unit])
@@ -79,7 +79,7 @@ def test_a_killed_build_resumes_without_recomputing(demo, tmp_path, monkeypatch)
             raise _Killed  # killed while the second group runs
         return real(model, unit, **kw)
 
-    monkeypatch.setattr(_atlas, "_detect", counting)
+    monkeypatch.setattr(_atlas, "run_detectors", counting)
     out = tmp_path / "atlas"
     with pytest.raises(_Killed):
         main(["atlas", "--out", str(out)])
@@ -288,7 +288,7 @@ def test_non_finite_values_are_named(demo_atlas, tmp_path):
 
 
 def test_build_refuses_a_non_finite_score(demo, monkeypatch):
-    real = _atlas._detect
+    real = _atlas.run_detectors
 
     def poisoned(model, unit, **kw):
         part = real(model, unit, **kw)
@@ -296,7 +296,7 @@ def test_build_refuses_a_non_finite_score(demo, monkeypatch):
         frame.loc[(frame["detector"] == "previous_token") & (frame["layer"] == 0) & (frame["head"] == 3), "score"] = float("nan")
         return hz.HeadScores(frame, part.meta)
 
-    monkeypatch.setattr(_atlas, "_detect", poisoned)
+    monkeypatch.setattr(_atlas, "run_detectors", poisoned)
     with pytest.raises(hz.NonFiniteError, match=r"'previous_token'.*L0H3 \(nan\)"):
         hz.build_atlas(demo, "previous_token")
 
@@ -337,13 +337,13 @@ def test_two_models_of_one_shape_never_share_a_cache_entry(tmp_path, monkeypatch
     assert not fresh_a["score"].equals(fresh_b["score"])  # otherwise this test could not fail
 
     calls: list[list[str]] = []
-    real = _atlas._detect
+    real = _atlas.run_detectors
 
     def counting(model, unit, **kw):
         calls.append([d.name for d in unit])
         return real(model, unit, **kw)
 
-    monkeypatch.setattr(_atlas, "_detect", counting)
+    monkeypatch.setattr(_atlas, "run_detectors", counting)
     cache = tmp_path / "cache"
     hz.build_atlas(a, _TWIN_DETECTORS, cache_dir=cache)
     n_units = len(calls)
