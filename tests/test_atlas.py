@@ -307,8 +307,31 @@ def test_build_refuses_non_finite_attention_and_names_the_head():
     d_head = spec.d_head
     with torch.no_grad():
         model.blocks[1].attn.q.weight[d_head:2 * d_head] = float("nan")  # head 1 of the last layer
-    with pytest.raises(hz.NonFiniteError, match=r"heads L1H1 on the example"):
+    # the weights are refused by name before anything runs ...
+    with pytest.raises(hz.NonFiniteError, match=r"'blocks\.1\.attn\.q\.weight'"):
         hz.build_atlas(model, "previous_token")
+
+
+def test_example_attention_that_overflows_names_the_head(monkeypatch):
+    # ... and attention that is not finite on the example (an overflow in low precision, say)
+    # is named by head even when every weight is finite.
+    from headzoo import _atlas
+
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=16, d_vocab=40, n_ctx=48, previous_token=(0, 0), induction=(1, 1), seed=3)
+    model = planted_model(spec)
+    real = _atlas.read_patterns
+
+    def overflowing(model, info, tokens, reduce):
+        def poisoned(layer, pattern):
+            if layer == 1:
+                pattern = pattern.clone()
+                pattern[:, 1] = float("nan")
+            reduce(layer, pattern)
+        real(model, info, tokens, poisoned)
+
+    monkeypatch.setattr(_atlas, "read_patterns", overflowing)
+    with pytest.raises(hz.NonFiniteError, match=r"heads L1H1 on the example"):
+        _atlas.example_patterns(model, hz.model_info(model), torch.arange(2, 12))
 
 
 def test_plot_returns_a_figure_and_never_shows(demo_atlas, monkeypatch):

@@ -290,3 +290,22 @@ def test_the_atlas_round_trips_with_its_checksum(model, tmp_path):
     assert (again.example_patterns == atlas.example_patterns).all() and again.meta == atlas.meta
     with pytest.raises(hz.CorruptFileError):
         hz.HeadScores.load(path)
+
+
+def test_the_cache_keyword_follows_the_installed_transformers():
+    """transformers 5.x takes ``cache=``, 4.x ``past_key_values=``: the kernel asks the model."""
+    from headzoo._forward import _hf_cache_keyword
+
+    class V5(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, attention_mask=None, **kwargs): ...
+
+    class V4(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, attention_mask=None, **kwargs): ...
+
+    class Bridge:
+        def __init__(self, hf):
+            self.original_model = hf
+
+    assert _hf_cache_keyword(Bridge(V5())) == "cache"
+    assert _hf_cache_keyword(Bridge(V4())) == "past_key_values"
+    assert _hf_cache_keyword(object()) is None
