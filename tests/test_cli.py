@@ -13,6 +13,7 @@ import pytest
 from headzoo._cli import main
 
 
+@pytest.mark.slow
 def test_detect_prints_the_planted_heads(capsys, tmp_path):
     out_file = tmp_path / "scores.parquet"
     assert main(["detect", "planted-demo", "--top", "1", "--out", str(out_file)]) == 0
