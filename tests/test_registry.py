@@ -21,7 +21,7 @@ def isolated_registry():
     _registry.registered_names()
     saved = (dict(_registry._REGISTRY), dict(_registry._SOURCES), set(_registry._LOADED_FILES), dict(_registry._state))
     yield
-    for live, old in zip((_registry._REGISTRY, _registry._SOURCES, _registry._LOADED_FILES, _registry._state), saved):
+    for live, old in zip((_registry._REGISTRY, _registry._SOURCES, _registry._LOADED_FILES, _registry._state), saved, strict=True):
         live.clear()
         live.update(old)
 

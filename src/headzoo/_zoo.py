@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -235,10 +236,11 @@ def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dty
     """A Hugging Face model by id or local directory (needs the hub or a local cache)."""
     try:
         if backend == "hooked":
-            from transformer_lens import HookedTransformer
-
+            # Looked up at run time: only TransformerLens 3.x has it (4.x types the name as a
+            # migration pointer), and _check_backend has made sure this install does.
+            hooked: Any = importlib.import_module("transformer_lens").HookedTransformer
             kwargs = {"device": device} if device is not None else {}
-            model = HookedTransformer.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
+            model = hooked.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
         else:
             from transformer_lens.model_bridge import TransformerBridge
 
