@@ -73,7 +73,7 @@ def test_atlas_out_is_a_file(capsys, tmp_path, no_model):
 def test_atlas_out_below_a_file(capsys, tmp_path, no_model):
     (tmp_path / "file").write_text("x")
     assert main(["atlas", "--out", str(tmp_path / "file" / "atlas")]) == 2
-    assert "its parent" in _one_error_line(capsys)
+    assert f"--out {tmp_path / 'file' / 'atlas'}: {tmp_path / 'file'} is a file" in _one_error_line(capsys)
 
 
 def test_detect_out_is_a_folder_or_below_a_file(capsys, tmp_path, no_model):
@@ -81,7 +81,7 @@ def test_detect_out_is_a_folder_or_below_a_file(capsys, tmp_path, no_model):
     assert "is a folder; give a file name" in _one_error_line(capsys)
     (tmp_path / "file").write_text("x")
     assert main(["detect", "--out", str(tmp_path / "file" / "scores.parquet")]) == 2
-    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert f"{tmp_path / 'file'} is a file, not a folder" in _one_error_line(capsys)
 
 
 def test_read_only_out_folder(capsys, tmp_path, monkeypatch, no_model):

@@ -97,23 +97,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}. Check the path and its permissions, or choose another --out.")
     except KeyboardInterrupt:
-        print("headzoo: interrupted", file=sys.stderr)
+        again = "; run the same command again to resume" if args.command == "atlas" else ""
+        print(f"headzoo: interrupted{again}", file=sys.stderr)
         return 130
 
 
-def _check_out_folder(folder: Path) -> None:
-    """Refuse an output folder that is a file or cannot be written, before any model is loaded."""
+def _check_out_folder(folder: Path, given: str) -> None:
+    """Refuse an output folder that is a file or cannot be written, before any model is loaded.
+
+    ``given`` is the ``--out`` argument as typed, for the message."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        what = "--out" if existing == folder else f"--out {folder}: its parent"
-        raise UsageError(f"{what} {existing} is a file, not a folder. Choose a folder (it is created if missing).")
+        where = f"--out {given} is" if existing == Path(given) else f"--out {given}: {existing} is"
+        raise UsageError(f"{where} a file, not a folder. Choose a path in a folder (missing folders are created).")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".headzoo-write-test-")
     except OSError as exc:
         raise UsageError(
-            f"--out {folder}: cannot write in {existing} ({exc.strerror or exc}). Choose a folder you can write to."
+            f"--out {given}: cannot write in {existing} ({exc.strerror or exc}). Choose a folder you can write to."
         ) from None
     os.close(fd)
     os.unlink(probe)
@@ -124,7 +127,7 @@ def _detect(hz: Any, args: argparse.Namespace) -> int:
     if out is not None:
         if out.is_dir():
             raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'scores.parquet'}.")
-        _check_out_folder(out.parent)
+        _check_out_folder(out.parent, args.out)
     model = hz.load_model(args.model, device=args.device, dtype=args.dtype)
     scores = hz.detect(model, args.detectors, seed=args.seed, progress=True)
     top = scores.top(args.top)
@@ -145,7 +148,7 @@ def _atlas(hz: Any, args: argparse.Namespace) -> int:
     import time
 
     out = Path(args.out)
-    _check_out_folder(out)
+    _check_out_folder(out, args.out)
     partial = out / ".partial"
     start = time.perf_counter()
     print(f"headzoo atlas: loading {args.model or 'the bundled default model'}", file=sys.stderr)
