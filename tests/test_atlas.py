@@ -67,6 +67,7 @@ class _Killed(BaseException):
     """Stands in for SIGKILL / Ctrl-C (pytest handles a real KeyboardInterrupt itself)."""
 
 
+@pytest.mark.slow
 def test_a_killed_build_resumes_without_recomputing(demo, tmp_path, monkeypatch):
     calls: list[list[str]] = []
     killed = []
@@ -103,6 +104,7 @@ def test_write_is_atomic(demo_atlas, tmp_path, monkeypatch):
     assert not [p for p in out.rglob("*.tmp")]
 
 
+@pytest.mark.slow
 def test_atlas_of_a_12_by_12_model_stays_under_15_mb(tmp_path):
     spec = PlantSpec(n_layers=12, n_heads=12, d_head=32, d_vocab=2000, n_ctx=128, previous_token=(3, 4), induction=(7, 1), seed=1)
     model = planted_model(spec, tokenizer=True)
@@ -116,6 +118,7 @@ def test_atlas_of_a_12_by_12_model_stays_under_15_mb(tmp_path):
     assert {"induction"} <= set(next(h for h in atlas.heads if (h["layer"], h["head"]) == (7, 1))["labels"])
 
 
+@pytest.mark.slow
 def test_detector_that_cannot_apply_is_skipped_not_fatal(tmp_path):
     spec = PlantSpec(n_layers=2, n_heads=2, d_head=16, d_vocab=40, n_ctx=48, previous_token=(0, 0), induction=None)
     model = cached_planted(spec, "bridge", True)

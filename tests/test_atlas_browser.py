@@ -73,6 +73,7 @@ def _check_clean(seen) -> None:
     assert seen["dialogs"] == [], f"a script ran: {seen['dialogs']}"
 
 
+@pytest.mark.slow
 def test_atlas_opens_offline_renders_and_opens_a_card(browser, tmp_path):
     model = hz.load_model("planted-demo")
     atlas = hz.build_atlas(model)
@@ -109,6 +110,7 @@ def test_atlas_opens_offline_renders_and_opens_a_card(browser, tmp_path):
     page.close()
 
 
+@pytest.mark.slow
 def test_hostile_token_strings_show_as_text_and_run_nothing(browser, tmp_path):
     words = HOSTILE + [f"w{i}" for i in range(40)]
     spec = PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=len(words) + 2, n_ctx=64, previous_token=(0, 0), induction=(1, 1))
@@ -131,6 +133,7 @@ def test_hostile_token_strings_show_as_text_and_run_nothing(browser, tmp_path):
     page.close()
 
 
+@pytest.mark.slow
 def test_hostile_detector_and_model_names_stay_text(browser, tmp_path):
     """Detector names reach ids, table headers, plotly titles and hover labels; the model name
     reaches the title. None of them may become markup or end a script."""
@@ -164,6 +167,7 @@ def test_hostile_detector_and_model_names_stay_text(browser, tmp_path):
     page.close()
 
 
+@pytest.mark.slow
 def test_atlas_of_the_default_model(browser, tmp_path):
     """The trained default model's atlas (the README's screenshot): its top induction head's card."""
     atlas = hz.build_atlas(hz.load_model())

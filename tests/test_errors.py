@@ -146,6 +146,7 @@ def test_duplicate_selection(demo_model):
         hz.detect(demo_model, ["induction", "induction"])
 
 
+@pytest.mark.slow
 def test_unknown_model_name():
     with pytest.raises(hz.ModelNotFoundError, match="planted-demo"):
         hz.load_model("definitely-not-a-model-xyz")

@@ -34,6 +34,7 @@ def _induction_spec(n_layers, n_heads, d_head, d_vocab, n_ctx, seed) -> PlantSpe
     return PlantSpec(n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab, n_ctx=n_ctx, seed=seed, **placed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:5])))
 def test_retrieval_ranks_the_planted_induction_head_first(case):
     spec = _induction_spec(*case)
@@ -193,6 +194,7 @@ def _saved(tokenizer, directory):
     return AutoTokenizer.from_pretrained(str(directory))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["byte_level", "metaspace"])
 def test_text_filler_with_subword_tokenizers(style, tmp_path):
     """Byte-level BPE (GPT-2's convention, spaces inside tokens) and SentencePiece-style

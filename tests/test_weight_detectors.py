@@ -39,6 +39,7 @@ def ranked(scores, detector):
     return [(int(r.layer), int(r.head), float(r.score)) for r in scores.top(1000, detector).itertuples()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_layers,n_heads,d_head,d_vocab,seed", CASES)
 def test_planted_weight_heads_rank_first_with_a_margin(n_layers, n_heads, d_head, d_vocab, seed):
     spec, model = planted(n_layers, n_heads, d_head, d_vocab, seed)
@@ -60,6 +61,7 @@ def test_planted_weight_heads_rank_first_with_a_margin(n_layers, n_heads, d_head
         f"{d} {ranked(scores, d)[0][2] - ranked(scores, d)[1 + (d == 'copying')][2]:.2f}" for d in WEIGHT_DETECTORS))
 
 
+@pytest.mark.slow
 def test_copy_suppression_does_not_flag_duplicate_copying_or_flat_heads():
     spec = PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=300, n_ctx=32, seed=3,
                      previous_token=(0, 0), induction=(2, 1), duplicate_token=(0, 1), copying=(1, 0),
@@ -246,6 +248,7 @@ def test_details_survive_save_and_load(tmp_path):
         scores.details("copy_suppression")
 
 
+@pytest.mark.slow
 def test_explicit_tasks_are_checked():
     model = hz.load_model("planted-demo")
     with pytest.raises(hz.InvalidTokensError, match="outside the vocabulary"):

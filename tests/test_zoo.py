@@ -69,3 +69,109 @@ def test_ablating_the_detected_heads_hurts_their_task_far_more_than_random_heads
     random = [damage([heads[i]]) for i in rng.choice(len(heads), 5, replace=False)]
     print(f"{detector}: top head {top} +{hit:.2f} loss; random heads {np.round(random, 2)}")
     assert hit > 3 * np.mean(random) and hit > 1.0
+
+
+# --- names, devices, dtypes and backends are checked before anything is loaded ----------------
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """Record hub look-ups instead of making them (a typo must never reach the hub)."""
+    from headzoo import _zoo
+
+    calls = []
+
+    def fake_hub(name, backend, device, dtype):
+        calls.append(name)
+        raise hz.ModelNotFoundError(f"(test) {name} looked up on the hub")
+
+    monkeypatch.setattr(_zoo, "_load_from_hub", fake_hub)
+    return calls
+
+
+@pytest.mark.parametrize("typo,meant", [
+    ("zoo-smal", "zoo-small"), ("zoo_small", "zoo-small"), ("Zoo-Small", "zoo-small"),
+    ("zoosmall", "zoo-small"), ("planted_demo", "planted-demo"), ("planted-dem", "planted-demo"),
+])
+def test_a_typo_of_a_bundled_name_fails_fast_with_a_suggestion(hub_calls, typo, meant):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(hz.ModelNotFoundError, match=f"not a bundled model. Did you mean '{meant}'"):
+        hz.load_model(typo)
+    assert hub_calls == [] and time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "EleutherAI/pythia-70m", "zoo-small/other", "zoo-large", "pythia"])
+def test_hub_ids_still_go_to_the_hub(hub_calls, name):
+    with pytest.raises(hz.ModelNotFoundError, match="looked up on the hub"):
+        hz.load_model(name)
+    assert hub_calls == [name]
+
+
+def test_a_local_folder_named_like_a_typo_is_loaded_as_a_folder(hub_calls, tmp_path, monkeypatch):
+    (tmp_path / "zoo-smal").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hz.ModelNotFoundError, match="looked up on the hub"):
+        hz.load_model("zoo-smal")
+    assert hub_calls == ["zoo-smal"]
+
+
+def test_an_empty_name_is_refused(hub_calls):
+    with pytest.raises(hz.ModelNotFoundError, match="empty"):
+        hz.load_model("  ")
+    assert hub_calls == []
+
+
+@pytest.mark.parametrize("device,match", [
+    ("nonsense", "is not a torch device"),
+    ("cuda:x", "is not a torch device"),
+    ("meta", "holds no weights"),
+])
+def test_bad_devices_are_named_as_such(device, match):
+    with pytest.raises(hz.InvalidOptionError, match=match) as info:
+        hz.load_model("planted-demo", device=device)
+    assert "weights in" not in str(info.value)
+
+
+def test_missing_accelerators_are_named_as_such(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(hz.InvalidOptionError, match="this torch build has no CUDA support"):
+        hz.load_model("planted-demo", device="cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(hz.InvalidOptionError, match="no CUDA GPU is visible"):
+        hz.load_model("planted-demo", device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(hz.InvalidOptionError, match="sees 1 CUDA device"):
+        hz.load_model("planted-demo", device="cuda:3")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(hz.InvalidOptionError, match="device='mps'"):
+        hz.load_model("planted-demo", device="mps")
+
+
+def test_dtypes_by_name_and_bad_dtypes():
+    model = hz.load_model("planted-demo", dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(hz.InvalidOptionError, match="float16"):
+        hz.load_model("planted-demo", dtype="fp8")
+    with pytest.raises(hz.InvalidOptionError, match="not a floating-point dtype"):
+        hz.load_model("planted-demo", dtype=torch.int64)
+
+
+def test_backend_mistakes_are_named_as_such():
+    import inspect
+
+    from headzoo._backends import available_backends
+
+    # the runtime type checks of the test suite would refuse the value first; users get ours
+    load = inspect.unwrap(hz.load_model)
+    with pytest.raises(hz.InvalidOptionError, match="'bridge'.*'hooked'"):
+        load("planted-demo", backend="hooked2")
+    with pytest.raises(hz.InvalidOptionError, match="torch.dtype or its name"):
+        load("planted-demo", dtype=16)
+    with pytest.raises(hz.InvalidOptionError, match="model name"):
+        load(42)
+    if "hooked" not in available_backends():
+        with pytest.raises(hz.UnsupportedModelError, match="TransformerLens 4.x removed"):
+            hz.load_model("zoo-small", backend="hooked")

@@ -34,6 +34,7 @@ def test_curriculum_is_seeded_streaming_and_labelled():
             assert any(row_ids[j + 1] == row_ids[i] for j in earlier.tolist())
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -44,6 +45,7 @@ def test_training_is_reproducible(tmp_path):
     assert runs[0] == runs[1] and len(runs[0]) == 12
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_loss_curve(tmp_path):
     script = [sys.executable, str(REPO / "experiments" / "train_zoo.py"), "--config", "tiny", "--steps", "12",
               "--log-every", "1", "--save-every", "4"]

@@ -48,7 +48,12 @@ from headzoo._zoo import load_model, list_models
 
 from headzoo import patching  # noqa: E402  (the hz.patching namespace)
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata  # noqa: E402
+
+try:  # the installed distribution's version, so it cannot drift from pyproject.toml
+    __version__ = _metadata.version("headzoo")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Detector",

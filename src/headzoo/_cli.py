@@ -1,16 +1,32 @@
-"""Command line: ``headzoo atlas [MODEL] --out DIR``, ``headzoo detect [MODEL]``, ``headzoo list``."""
+"""Command line: ``headzoo atlas [MODEL] --out DIR``, ``headzoo detect [MODEL]``, ``headzoo list``.
+
+A user's mistake (a bad argument, an unknown model or detector, a device this machine lacks, an
+output path that is a file or cannot be written) ends with one line ``headzoo: error: ...`` on
+stderr and exit status 2, never a traceback; only headzoo's own bugs show one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pandas as pd
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr (with where to find help) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"headzoo: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="headzoo", description="What does each attention head do?")
+    p = _Parser(prog="headzoo", description="What does each attention head do?")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the registered detectors and bundled models")
     a = sub.add_parser("atlas", help="write a model's head atlas: index.html (opens offline), scores.parquet, meta.json")
@@ -18,19 +34,51 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="atlas", help="output folder (default: ./atlas)")
     a.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
     a.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
-    a.add_argument("--seed", type=int, default=0, help="probe and sample seed")
+    a.add_argument("--dtype", default=None, help="floating-point dtype, e.g. float32 (default), float16 or bfloat16")
+    a.add_argument("--seed", type=_non_negative, default=0, help="probe and sample seed")
     d = sub.add_parser("detect", help="score every head of a model and print the top heads per detector")
     d.add_argument("model", nargs="?", default=None, help="bundled model name or Hugging Face id (default: the bundled default model, offline)")
     d.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
-    d.add_argument("--top", type=int, default=3, help="heads to print per detector (default 3)")
+    d.add_argument("--top", type=_positive, default=3, help="heads to print per detector (default 3)")
     d.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    d.add_argument("--dtype", default=None, help="floating-point dtype, e.g. float32 (default), float16 or bfloat16")
     d.add_argument("--out", default=None, help="also save the scores to this .parquet file")
-    d.add_argument("--seed", type=int, default=0, help="probe seed")
+    d.add_argument("--seed", type=_non_negative, default=0, help="probe seed")
     return p
 
 
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+class UsageError(Exception):
+    """A mistake on the command line that headzoo's own checks cannot see (a path, mostly)."""
+
+
+def _fail(message: str) -> int:
+    print(f"headzoo: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 for every user error, one line on stderr)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # the parser has printed the error; --help exits 0
+        return exc.code if isinstance(exc.code, int) else 2
     import headzoo as hz
 
     try:
@@ -42,38 +90,73 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "atlas":
             return _atlas(hz, args)
-        model = hz.load_model(args.model, device=args.device)
-        scores = hz.detect(model, args.detectors, seed=args.seed, progress=True)
-        top = scores.top(args.top)
-        print(f"Top {args.top} heads per detector on {scores.meta['model']['name']} "
-              f"({scores.shape[0]} layers x {scores.shape[1]} heads):")
-        cols = [c for c in ("detector", "layer", "head", "score") if c in top.columns]
-        with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-            print(top[cols].to_string(index=False))
-        if args.out:
-            print(f"saved {scores.save(args.out)}")
-        return 0
-    except hz.HeadzooError as exc:
-        print(f"headzoo: error: {exc}", file=sys.stderr)
-        return 2
+        return _detect(hz, args)
+    except (hz.HeadzooError, UsageError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # the file system refused: a full disk, a read-only or vanished folder
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}. Check the path and its permissions, or choose another --out.")
+    except KeyboardInterrupt:
+        again = "; run the same command again to resume" if args.command == "atlas" else ""
+        print(f"headzoo: interrupted{again}", file=sys.stderr)
+        return 130
 
 
-def _atlas(hz: object, args: argparse.Namespace) -> int:
+def _check_out_folder(folder: Path, given: str) -> None:
+    """Refuse an output folder that is a file or cannot be written, before any model is loaded.
+
+    ``given`` is the ``--out`` argument as typed, for the message."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = f"--out {given} is" if existing == Path(given) else f"--out {given}: {existing} is"
+        raise UsageError(f"{where} a file, not a folder. Choose a path in a folder (missing folders are created).")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".headzoo-write-test-")
+    except OSError as exc:
+        raise UsageError(
+            f"--out {given}: cannot write in {existing} ({exc.strerror or exc}). Choose a folder you can write to."
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _detect(hz: Any, args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'scores.parquet'}.")
+        _check_out_folder(out.parent, args.out)
+    model = hz.load_model(args.model, device=args.device, dtype=args.dtype)
+    scores = hz.detect(model, args.detectors, seed=args.seed, progress=True)
+    top = scores.top(args.top)
+    print(f"Top {args.top} heads per detector on {scores.meta['model']['name']} "
+          f"({scores.shape[0]} layers x {scores.shape[1]} heads):")
+    cols = [c for c in ("detector", "layer", "head", "score") if c in top.columns]
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(top[cols].to_string(index=False))
+    if out is not None:
+        print(f"saved {scores.save(out)}")
+    return 0
+
+
+def _atlas(hz: Any, args: argparse.Namespace) -> int:
     """Build and write the atlas; finished detectors are kept in ``OUT/.partial`` until the
     page is written, so a killed run resumes without recomputing them."""
     import shutil
     import time
-    from pathlib import Path
 
     out = Path(args.out)
+    _check_out_folder(out, args.out)
     partial = out / ".partial"
     start = time.perf_counter()
     print(f"headzoo atlas: loading {args.model or 'the bundled default model'}", file=sys.stderr)
-    model = hz.load_model(args.model, device=args.device)  # type: ignore[attr-defined]
+    model = hz.load_model(args.model, device=args.device, dtype=args.dtype)
     resumed = len(list(partial.glob("*.parquet"))) if partial.exists() else 0
     if resumed:
         print(f"headzoo atlas: resuming, {resumed} finished detector group(s) found in {partial}", file=sys.stderr)
-    atlas = hz.build_atlas(model, args.detectors, seed=args.seed, cache_dir=partial, progress=True)  # type: ignore[attr-defined]
+    atlas = hz.build_atlas(model, args.detectors, seed=args.seed, cache_dir=partial, progress=True)
     atlas.write(out)
     shutil.rmtree(partial, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

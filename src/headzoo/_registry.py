@@ -5,10 +5,17 @@ repository's top-level ``detectors/`` folder, shipped inside the wheel), the
 ``headzoo.detectors`` entry-point group of installed plugins (a broken plugin only warns), and
 folders or files passed to :func:`load_detectors`. Names are unique: registering a taken name
 is an error, and an unknown name raises with suggestions.
+
+Every change is a transaction. ``@hz.register`` first discovers the built-ins and plugins, so
+a clash with one of them is refused at the moment of registration rather than poisoning the
+registry later; a folder, a file or a plugin either registers everything it defines or, on any
+error, nothing (whatever it registered before failing is taken back), so fixing the file and
+loading it again works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -17,6 +24,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,7 @@ from headzoo._detector import Detector
 from headzoo._errors import (
     DetectorDefinitionError,
     DuplicateDetectorError,
+    HeadzooError,
     InvalidOptionError,
     UnknownDetectorError,
 )
@@ -37,8 +46,11 @@ ENTRY_POINT_GROUP = "headzoo.detectors"
 _REGISTRY: dict[str, type[Detector]] = {}
 _SOURCES: dict[str, str] = {}
 _LOADED_FILES: set[Path] = set()
+# Reentrant: discovery imports detector files whose @hz.register calls come back in here on
+# the same thread; any other thread waits until discovery or a folder load has finished.
 _LOCK = threading.RLock()
-_state = {"discovered": False, "discovering": False, "source": "user"}
+_state: dict[str, Any] = {"discovered": False, "discovering": False, "source": "user"}
+_MODULE_PREFIX = "headzoo._loaded."
 
 
 def builtin_detectors_dir() -> Path:
@@ -49,43 +61,52 @@ def builtin_detectors_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "detectors"
 
 
+@contextlib.contextmanager
+def _transaction() -> Iterator[None]:
+    """All registry changes inside happen together or not at all.
+
+    On any exception the registry, the sources, the set of loaded files and the modules imported
+    from detector files are put back as they were, then the exception propagates.
+    """
+    with _LOCK:
+        registry, sources, loaded = dict(_REGISTRY), dict(_SOURCES), set(_LOADED_FILES)
+        modules = {m for m in sys.modules if m.startswith(_MODULE_PREFIX)}
+        try:
+            yield
+        except BaseException:
+            # In place: other modules and test fixtures hold references to these containers.
+            _REGISTRY.clear()
+            _REGISTRY.update(registry)
+            _SOURCES.clear()
+            _SOURCES.update(sources)
+            _LOADED_FILES.clear()
+            _LOADED_FILES.update(loaded)
+            for name in [m for m in sys.modules if m.startswith(_MODULE_PREFIX) and m not in modules]:
+                del sys.modules[name]
+            raise
+
+
 def register(cls: Any = None, *, replace: bool = False) -> Any:
     """Class decorator that adds a detector to the registry.
 
     The class must subclass :class:`hz.Detector` (usually :class:`hz.PatternDetector`), be a
-    frozen dataclass, and declare ``name`` and ``description``.
+    frozen dataclass, and declare ``name`` and ``description``. The built-in detectors and
+    installed plugins are discovered first, so a clash with any of them is reported here.
 
     Args:
-        replace: allow replacing a detector of the same name (default: refuse).
+        replace: allow replacing a detector of the same name, built-ins included (default: refuse).
 
     Raises:
         DuplicateDetectorError: the name is taken and ``replace`` is False.
         DetectorDefinitionError: the class does not declare what the registry needs.
     """
-
     def add(klass: Any) -> Any:
-        if not (isinstance(klass, type) and issubclass(klass, Detector)):
-            raise DetectorDefinitionError(
-                f"@hz.register expects a subclass of hz.Detector; got {klass!r}."
-            )
-        params = getattr(klass, "__dataclass_params__", None)
-        if params is None or not params.frozen or "__dataclass_fields__" not in klass.__dict__:
-            raise DetectorDefinitionError(
-                f"{klass.__name__} must be decorated with @dataclasses.dataclass(frozen=True) "
-                "(below @hz.register), so its options are declared fields and it cannot be mutated."
-            )
-        for attr in ("name", "description"):
-            if not isinstance(getattr(klass, attr, None), str) or not getattr(klass, attr):
-                raise DetectorDefinitionError(f"{klass.__name__} must declare a non-empty `{attr}` string.")
+        _check_definition(klass)
         name = klass.name
-        if not name.isidentifier():
-            raise DetectorDefinitionError(f"detector name {name!r} must be a valid identifier (snake_case).")
-        if getattr(klass, "__abstractmethods__", None):
-            raise DetectorDefinitionError(
-                f"{klass.__name__} does not implement {sorted(klass.__abstractmethods__)}."
-            )
+        _discover()  # a clash with a built-in or plugin must show now, not on first use
         with _LOCK:
-            if name in _REGISTRY and not replace and _REGISTRY[name] is not klass:
+            current = _REGISTRY.get(name)
+            if current is not None and current is not klass and not replace:
                 raise DuplicateDetectorError(
                     f"A detector named {name!r} is already registered (from {_SOURCES[name]}). "
                     "Choose another name, or pass replace=True to @hz.register to override it."
@@ -97,21 +118,36 @@ def register(cls: Any = None, *, replace: bool = False) -> Any:
     return add if cls is None else add(cls)
 
 
+def _check_definition(klass: Any) -> None:
+    if not (isinstance(klass, type) and issubclass(klass, Detector)):
+        raise DetectorDefinitionError(f"@hz.register expects a subclass of hz.Detector; got {klass!r}.")
+    params = getattr(klass, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__dataclass_fields__" not in klass.__dict__:
+        raise DetectorDefinitionError(
+            f"{klass.__name__} must be decorated with @dataclasses.dataclass(frozen=True) "
+            "(below @hz.register), so its options are declared fields and it cannot be mutated."
+        )
+    for attr in ("name", "description"):
+        if not isinstance(getattr(klass, attr, None), str) or not getattr(klass, attr):
+            raise DetectorDefinitionError(f"{klass.__name__} must declare a non-empty `{attr}` string.")
+    if not klass.name.isidentifier():
+        raise DetectorDefinitionError(f"detector name {klass.name!r} must be a valid identifier (snake_case).")
+    if getattr(klass, "__abstractmethods__", None):
+        raise DetectorDefinitionError(f"{klass.__name__} does not implement {sorted(klass.__abstractmethods__)}.")
+
+
 def _import_file(path: Path, source: str) -> None:
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
-    module_name = f"headzoo._loaded.{path.stem}_{digest}"
+    module_name = f"{_MODULE_PREFIX}{path.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
+        raise DetectorDefinitionError(f"load_detectors: cannot import {path} as a Python module.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     previous = _state["source"]
     _state["source"] = source
     try:
         spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
     finally:
         _state["source"] = previous
 
@@ -120,10 +156,19 @@ def load_detectors(path: str | os.PathLike[str]) -> list[str]:
     """Import detector definitions from a ``.py`` file or every ``*.py`` in a folder.
 
     Files whose name starts with ``_`` are skipped. Loading the same file twice does nothing.
+    A folder loads whole or not at all: if any file fails to import or registers a taken name,
+    nothing from this call stays registered, and the call can be repeated once the file is fixed.
 
     Returns:
-        Names of the detectors this call registered.
+        Names of the detectors this call registered (or replaced).
+
+    Raises:
+        FileNotFoundError: ``path`` is neither a folder nor a ``.py`` file.
+        DuplicateDetectorError, DetectorDefinitionError: a file defines a detector the registry
+            refuses; DetectorDefinitionError also wraps any other error a file raised on import.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidOptionError(f"load_detectors takes a folder or .py file path; got {type(path).__name__} {path!r}.")
     _discover()
     return _load_path(Path(path), source=None)
 
@@ -136,46 +181,60 @@ def _load_path(path: Path, source: str | None) -> list[str]:
         files = [path]
     else:
         raise FileNotFoundError(f"load_detectors: {path} is neither a folder nor a .py file")
-    before = set(_REGISTRY)
-    with _LOCK:
+    with _transaction():
+        before = dict(_REGISTRY)
         for file in files:
             if file in _LOADED_FILES:
                 continue
-            _import_file(file, source or str(file))
+            try:
+                _import_file(file, source or str(file))
+            except HeadzooError as exc:
+                exc.add_note(f"while loading {file}: nothing from {path} was registered; fix it and load again.")
+                raise
+            except Exception as exc:
+                raise DetectorDefinitionError(
+                    f"{file} failed to import ({type(exc).__name__}: {exc}), so nothing from {path} was "
+                    "registered. Fix the file and call hz.load_detectors again."
+                ) from exc
             _LOADED_FILES.add(file)
-    return sorted(set(_REGISTRY) - before)
+        return sorted(name for name, cls in _REGISTRY.items() if before.get(name) is not cls)
 
 
 def _discover() -> None:
     """Load the built-in zoo and entry-point plugins once, on first use of the registry."""
-    if _state["discovered"] or _state["discovering"]:
+    if _state["discovered"]:
         return
     with _LOCK:
-        if _state["discovered"]:
+        if _state["discovered"] or _state["discovering"]:  # done meanwhile, or re-entered from a file
             return
         _state["discovering"] = True
         try:
             _load_path(builtin_detectors_dir(), source="builtin")
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                try:
-                    previous = _state["source"]
-                    _state["source"] = f"entry point {ep.name} ({ep.value})"
-                    try:
-                        loaded = ep.load()
-                        if isinstance(loaded, type) and issubclass(loaded, Detector) and loaded.name not in _REGISTRY:
-                            register(loaded)
-                    finally:
-                        _state["source"] = previous
-                except Exception as exc:  # a broken plugin must not break headzoo
-                    warnings.warn(
-                        f"headzoo: the detector plugin {ep.name!r} ({ep.value}) failed to load "
-                        f"and is skipped: {type(exc).__name__}: {exc}",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+                _load_entry_point(ep)
             _state["discovered"] = True
         finally:
             _state["discovering"] = False
+
+
+def _load_entry_point(ep: Any) -> None:
+    """One plugin, whole or not at all; a broken one warns and leaves the registry as it was."""
+    previous = _state["source"]
+    _state["source"] = f"entry point {ep.name} ({ep.value})"
+    try:
+        with _transaction():
+            loaded = ep.load()
+            if isinstance(loaded, type) and issubclass(loaded, Detector) and _REGISTRY.get(loaded.name) is not loaded:
+                register(loaded)
+    except Exception as exc:  # a broken plugin must not break headzoo
+        warnings.warn(
+            f"headzoo: the detector plugin {ep.name!r} ({ep.value}) failed to load and is skipped "
+            f"(nothing from it is registered): {type(exc).__name__}: {exc}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    finally:
+        _state["source"] = previous
 
 
 def detector_class(name: str) -> type[Detector]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +13,7 @@ import pandas as pd
 import torch
 
 from headzoo._backends import Backend
-from headzoo._errors import ModelNotFoundError, did_you_mean
+from headzoo._errors import InvalidOptionError, ModelNotFoundError, UnsupportedModelError, did_you_mean
 
 __all__ = ["load_model", "list_models", "DEFAULT_MODEL"]
 
@@ -90,11 +93,11 @@ def list_models() -> pd.DataFrame:
 
 
 def load_model(
-    name: str | None = None,
+    name: str | os.PathLike[str] | None = None,
     *,
     backend: Backend = "bridge",
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Any:
     """A ready model: the bundled default, a zoo model by short name, or a Hugging Face model.
 
@@ -103,34 +106,146 @@ def load_model(
             :func:`list_models` (offline); otherwise a Hugging Face model id or local directory,
             loaded with ``TransformerBridge.boot_transformers`` (or
             ``HookedTransformer.from_pretrained`` for ``backend="hooked"``), which needs the hub
-            or a local cache.
+            or a local cache. A name that is a near miss of a bundled one (``"zoo-smal"``) is
+            refused at once with a suggestion instead of being looked up on the hub.
         backend: ``"bridge"`` (TransformerBridge) or ``"hooked"`` (HookedTransformer, 3.x only).
+        device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) that this torch
+            build and machine offer; default: where TransformerLens puts it.
+        dtype: a floating-point dtype, as ``torch.float16`` or ``"float16"``; default float32.
 
     Raises:
-        ModelNotFoundError: the name is not bundled and could not be loaded from the hub/cache.
+        InvalidOptionError: an unknown device, dtype or backend, or a device this torch
+            build or machine does not have; checked before anything is loaded.
+        UnsupportedModelError: ``backend="hooked"`` on TransformerLens 4.x.
+        ModelNotFoundError: a near miss of a bundled name, or a name that is not bundled and
+            could not be loaded from the hub/cache.
     """
-    name = DEFAULT_MODEL if name is None else name
+    torch_device = _check_device(device)
+    torch_dtype = _check_dtype(dtype)
+    _check_backend(backend)
+    name = DEFAULT_MODEL if name is None else _check_name(name)
     if name in _ZOO:
-        return _ZOO[name].build(backend, device, dtype)
+        return _ZOO[name].build(backend, torch_device, torch_dtype)
+    if not os.path.exists(name):
+        # A near miss of a bundled name is a typo, not a hub id: say so now rather than after
+        # the hub's retries time out (tens of seconds offline).
+        close = difflib.get_close_matches(name.strip().lower(), list(_ZOO), n=3, cutoff=_TYPO_CUTOFF)
+        if close and "/" not in name:
+            raise ModelNotFoundError(
+                f"{name!r} is not a bundled model.{did_you_mean(name, close)} Bundled models: "
+                f"{', '.join(_ZOO)} (hz.list_models()). Hugging Face ids are looked up on the hub "
+                "as given, e.g. 'gpt2' or 'EleutherAI/pythia-70m'."
+            )
+    return _load_from_hub(name, backend, torch_device, torch_dtype)
+
+
+#: difflib ratio above which a non-bundled name counts as a typo of a bundled one
+#: ("zoo-smal" 0.94, "zoo_small" 0.89; "zoo-large" 0.56 and "gpt2" stay hub ids).
+_TYPO_CUTOFF = 0.8
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16, "float64": torch.float64, "double": torch.float64}
+
+
+def _check_name(name: object) -> str:
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise InvalidOptionError(
+            f"load_model takes a model name, Hugging Face id or local directory as a string; got "
+            f"{type(name).__name__} {name!r}. Bundled models: {', '.join(_ZOO)}."
+        )
+    if not name.strip():
+        raise ModelNotFoundError(
+            f"the model name is empty. Pass a bundled name ({', '.join(_ZOO)}), a Hugging Face id or "
+            "a local directory, or nothing for the default model."
+        )
+    return name
+
+
+def _check_backend(backend: object) -> None:
+    if backend not in ("bridge", "hooked"):
+        raise InvalidOptionError(f"backend={backend!r} is not one of 'bridge' (TransformerBridge) or 'hooked' (HookedTransformer).")
+    from headzoo._backends import available_backends
+
+    if backend not in available_backends():
+        raise UnsupportedModelError(
+            "backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed. "
+            "Use backend='bridge', or install transformer-lens<4."
+        )
+
+
+def _check_device(device: object) -> torch.device | None:
+    """``device`` as a torch.device this torch build and machine can use, or None."""
+    if device is None:
+        return None
+    if isinstance(device, str):
+        try:
+            device = torch.device(device.strip())
+        except (RuntimeError, ValueError) as exc:
+            raise InvalidOptionError(
+                f"device={device!r} is not a torch device ({exc}). Use 'cpu', 'cuda', 'cuda:N' or 'mps'."
+            ) from None
+    if not isinstance(device, torch.device):
+        raise InvalidOptionError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device; got {type(device).__name__} {device!r}.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support (a CPU-only wheel)" if torch.version.cuda is None
+                   and getattr(torch.version, "hip", None) is None else "no CUDA GPU is visible to torch")
+            raise InvalidOptionError(
+                f"device={str(device)!r}, but {why}. Use device='cpu', or install a CUDA build of torch on a machine with a GPU."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidOptionError(
+                f"device={str(device)!r}, but torch sees {torch.cuda.device_count()} CUDA device(s): use cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1}."
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            why = "this torch build has no MPS support" if not torch.backends.mps.is_built() else "no MPS device is available"
+            raise InvalidOptionError(f"device='mps', but {why} (MPS needs Apple silicon and macOS 12.3+). Use device='cpu'.")
+    elif device.type == "meta":
+        raise InvalidOptionError("device='meta' holds no weights, so no model can be loaded onto it. Use 'cpu' or a GPU.")
+    elif device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = getattr(module, "is_available", None)
+        if not callable(available) or not available():
+            raise InvalidOptionError(f"device={str(device)!r} is not available in this torch build or on this machine. Use device='cpu'.")
+    return device
+
+
+def _check_dtype(dtype: object) -> torch.dtype | None:
+    """``dtype`` as a floating-point torch.dtype, or None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.strip().removeprefix("torch.")
+        if key not in _DTYPES:
+            raise InvalidOptionError(
+                f"dtype={dtype!r} is not a dtype headzoo can load a model in. Use one of "
+                f"{sorted(_DTYPES)} (or torch.float32, torch.float16, torch.bfloat16)."
+            )
+        return _DTYPES[key]
+    if not isinstance(dtype, torch.dtype):
+        raise InvalidOptionError(f"dtype must be a torch.dtype or its name (e.g. 'float16'); got {type(dtype).__name__} {dtype!r}.")
+    if not dtype.is_floating_point:
+        raise InvalidOptionError(f"dtype={dtype} is not a floating-point dtype; use torch.float32, torch.float16 or torch.bfloat16.")
+    return dtype
+
+
+def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dtype: torch.dtype | None) -> Any:
+    """A Hugging Face model by id or local directory (needs the hub or a local cache)."""
     try:
         if backend == "hooked":
-            from headzoo._backends import available_backends
-
-            if "hooked" not in available_backends():
-                from headzoo._errors import UnsupportedModelError
-
-                raise UnsupportedModelError("backend='hooked' needs transformer-lens<4; use backend='bridge'.")
-            from transformer_lens import HookedTransformer
-
+            # Looked up at run time: only TransformerLens 3.x has it (4.x types the name as a
+            # migration pointer), and _check_backend has made sure this install does.
+            hooked: Any = importlib.import_module("transformer_lens").HookedTransformer
             kwargs = {"device": device} if device is not None else {}
-            model = HookedTransformer.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
+            model = hooked.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
         else:
             from transformer_lens.model_bridge import TransformerBridge
 
             model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        if isinstance(exc, ImportError) and "hooked" not in str(exc):
-            raise
+    except (OSError, ValueError, KeyError) as exc:
         raise ModelNotFoundError(
             f"{name!r} is not a bundled model{did_you_mean(name, _ZOO)} and could not be loaded "
             f"from the Hugging Face hub or a local cache/path ({type(exc).__name__}: {exc}). "
