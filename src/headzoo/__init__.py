@@ -3,11 +3,12 @@
 ``import headzoo as hz``; see ``hz.detect``, ``hz.list_detectors`` and ``hz.load_model``.
 """
 
-from headzoo._atlas import HeadAtlas, build_atlas
-from headzoo._viz import AttentionView, attention_view
-from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from importlib import metadata as _metadata  # noqa: E402
+
+from headzoo import patching  # noqa: E402  (the hz.patching namespace)
 from headzoo._ablation import ablate, ablation_hooks
-from headzoo._effects import HeadEffects
+from headzoo._atlas import HeadAtlas, build_atlas
+from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
 from headzoo._detector import (
     Detector,
     DetectorOutput,
@@ -16,22 +17,23 @@ from headzoo._detector import (
     PositionalDetector,
     WeightDetector,
 )
+from headzoo._effects import HeadEffects
 from headzoo._embedding import EMBEDDING_VARIANTS, effective_embedding, embedding_metadata
 from headzoo._errors import (
     ConformanceError,
     CorruptFileError,
-    EmptyResultError,
-    InvalidCacheError,
-    InvalidScoresError,
-    NonFiniteError,
     DetectorDefinitionError,
     DetectorNotApplicableError,
     DuplicateDetectorError,
+    EmptyResultError,
     HeadzooError,
+    InvalidCacheError,
     InvalidOptionError,
+    InvalidScoresError,
     InvalidTokensError,
     MissingHooksError,
     ModelNotFoundError,
+    NonFiniteError,
     UnknownDetectorError,
     UnsupportedModelError,
 )
@@ -44,11 +46,8 @@ from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
 from headzoo._results import HeadScores
 from headzoo._runner import detect
-from headzoo._zoo import load_model, list_models
-
-from headzoo import patching  # noqa: E402  (the hz.patching namespace)
-
-from importlib import metadata as _metadata  # noqa: E402
+from headzoo._viz import AttentionView, attention_view
+from headzoo._zoo import list_models, load_model
 
 try:  # the installed distribution's version, so it cannot drift from pyproject.toml
     __version__ = _metadata.version("headzoo")

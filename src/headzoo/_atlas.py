@@ -41,9 +41,9 @@ from headzoo._errors import (
     UnsupportedModelError,
 )
 from headzoo._fingerprint import weights_fingerprint
+from headzoo._io import Payload, Result, normalise, write_atomic
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
-from headzoo._io import Payload, Result, normalise, write_atomic
 from headzoo._results import HeadScores
 from headzoo._runner import read_patterns, run_detectors, select_detectors
 from headzoo._tokens import as_prompts, token_strings
@@ -675,7 +675,7 @@ def build_atlas(
         "seed": seed,
         "example": {"source": "user" if example is not None else "repeated_random_tokens", "seed": seed, "length": len(ids)},
         "ov": {"n_sources": ov_sources, "seed": seed, "embedding": "mlp0", "note": ov_note},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     skipped.update(scores.meta.get("skipped_detectors", {}))
     if skipped:

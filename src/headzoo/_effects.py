@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from headzoo._errors import InvalidOptionError
-from headzoo._io import Payload, normalise, Result, positive_int
+from headzoo._io import Payload, Result, normalise, positive_int
 from headzoo._results import colour
 
 __all__ = ["HeadEffects"]

@@ -423,7 +423,7 @@ def run_patching(
                     chunk = per_layer[start : start + group]
                     g = len(chunk)
 
-                    def patch(act: torch.Tensor, hook: Any, chunk: list = chunk) -> torch.Tensor:
+                    def patch(act: torch.Tensor, hook: Any, chunk: list = chunk, donor_act: torch.Tensor = donor_act) -> torch.Tensor:
                         act = act.clone()
                         for j, idx in enumerate(chunk):
                             where = site.index(dict(zip(site.axes, idx)))

@@ -11,8 +11,6 @@ import pandas as pd
 from headzoo._errors import EmptyResultError, InvalidOptionError, UnknownDetectorError
 from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
 
-
-
 __all__ = ["HeadScores"]
 
 _BASE = ["detector", "layer", "head", "score"]

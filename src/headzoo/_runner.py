@@ -165,7 +165,7 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
         "versions": library_versions(),
         "detectors": {d.name: {**d.metadata(), **({"result": results[d.name]} if d.name in results else {})} for d in selected},
         "probe": source,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if skipped:
         meta["skipped_detectors"] = skipped
@@ -389,7 +389,7 @@ def _score_patterns(
                         _check_probabilities(layer, pattern)
                         accumulate(layer, pattern.to(device), groups)
                 else:
-                    read_patterns(model, info, ids_dev, lambda layer, p: accumulate(layer, p, groups))
+                    read_patterns(model, info, ids_dev, lambda layer, p, groups=groups: accumulate(layer, p, groups))
                 bar.update(batch.ids.shape[0])
     finally:
         bar.close()

@@ -16,8 +16,8 @@ from typing import Any, final
 import numpy as np
 
 from headzoo._atlas import json_for_script
-from headzoo._tokens import check_heads, check_int, token_strings
 from headzoo._models import model_info
+from headzoo._tokens import check_heads, check_int, token_strings
 
 __all__ = ["attention_view", "AttentionView"]
 

@@ -27,8 +27,8 @@ import torch
 from headzoo._effects import HeadEffects
 from headzoo._errors import InvalidOptionError
 from headzoo._models import library_versions, model_info
-from headzoo._tokens import pad_right
 from headzoo._patching import SITES, Direction, PatchResult, current_lengths, run_attribution, run_patching
+from headzoo._tokens import pad_right
 
 __all__ = [
     "patch",

@@ -359,7 +359,7 @@ def random_placements(
         elif role == "copying":
             lo = out["copy_suppression"][0]
         taken = set(out.values())
-        free = [(l, hh) for l in range(lo, hi) for hh in range(n_heads) if (l, hh) not in taken]
+        free = [(ll, hh) for ll in range(lo, hi) for hh in range(n_heads) if (ll, hh) not in taken]
         if not free:
             raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {['previous_token', 'induction', *extra]}")
         out[role] = free[pick(0, len(free))]
