@@ -16,8 +16,8 @@ does (Wang et al. 2022; Olsson et al. 2022). How a head is "switched off" matter
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ def _check_positions(positions: Any) -> Callable[[int, torch.device], torch.Tens
             raise InvalidOptionError(
                 f"positions must be None, an index, a slice or a non-empty list of integer indices; got {positions!r}"
             )
-        items = [int(p) for p in positions]
+        items = [int(p) for p in cast("Sequence[Any]", positions)]  # `ok` checked it is a list or tuple
 
     def pick(n: int, device: torch.device) -> torch.Tensor:
         bad = [p for p in items if not -n <= p < n]
@@ -121,12 +121,12 @@ def ablation_hooks(
             z = z.clone()
             pos = where(z.shape[1], z.device)
             if pos is None:
-                z[:, :, hs] = value if isinstance(value, float) else value.to(z.dtype)
+                z[:, :, hs] = value.to(z.dtype) if isinstance(value, torch.Tensor) else value
             else:
-                if not isinstance(value, float) and value.ndim == 4:
+                if isinstance(value, torch.Tensor) and value.ndim == 4:
                     value = value[:, pos]
                 z[:, pos[:, None], torch.tensor(hs, device=z.device)[None, :]] = (
-                    value if isinstance(value, float) else value.to(z.dtype))
+                    value.to(z.dtype) if isinstance(value, torch.Tensor) else value)
             return z
 
         def zero(z: torch.Tensor, hook: Any) -> torch.Tensor:

@@ -156,7 +156,8 @@ def build_model(
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         extra = {"model_name": name} if name else {}
-        model = HookedTransformer(HookedTransformerConfig(**cfg, **extra), tokenizer=tokenizer)
+        # TransformerLens 4.x stubs resolve this removed name to TransformerBridge; it runs only on 3.x
+        model = HookedTransformer(HookedTransformerConfig(**cfg, **extra), tokenizer=tokenizer)  # pyright: ignore[reportCallIssue, reportArgumentType]
         result = model.load_state_dict(state_dict, strict=False)
         # Only the causal-mask buffers may be left to their defaults.
         missing = [k for k in result.missing_keys if not k.endswith((".mask", ".IGNORE"))]
@@ -169,7 +170,8 @@ def build_model(
         from transformer_lens.config import TransformerBridgeConfig
         from transformer_lens.model_bridge import TransformerBridge
 
-        model = TransformerBridge.boot_native(
+        # boot_native is attached with setattr by transformer_lens.model_bridge.sources.native
+        model = TransformerBridge.boot_native(  # pyright: ignore[reportAttributeAccessIssue]
             TransformerBridgeConfig(**cfg), tokenizer=tokenizer, model_name=name or "native"
         )
         model.load_state_dict(to_bridge_state_dict(state_dict, cfg), strict=True)

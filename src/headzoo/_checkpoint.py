@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -82,6 +82,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, backend: Backend = "br
     bad = [k for k, t in _ARCH.items() if not isinstance(arch, dict) or not isinstance(arch.get(k), t)]
     if bad:
         raise CheckpointError(f"{folder / 'config.json'} has no valid architecture fields {bad}")
+    arch = cast("dict[str, Any]", arch)  # `bad` is empty, so arch is a dict with every field
     digest = _sha256(folder / "model.safetensors")
     if digest != meta.get("sha256"):
         raise CheckpointError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any, final
+from typing import Any, cast, final
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ class HeadEffects(Result):
         frame = frame.reset_index(drop=True).copy()
         for col in frame.columns:
             frame[col] = frame[col].astype("int64" if col in _INDEX else "float64")
-        self._frame = frame
+        self._frame: pd.DataFrame = frame
         self._meta = normalise(meta)
         if examples is not None:
             examples = np.array(examples, dtype=np.float64)  # a copy: the caller keeps theirs
@@ -112,7 +112,8 @@ class HeadEffects(Result):
         if not other:
             raise ValueError("effects have no axis besides layer")
         col = "head" if "head" in other else other[0]
-        return self._frame.groupby(["layer", col])[column].mean().unstack(col)
+        means = cast(pd.Series, self._frame.groupby(["layer", col])[column].mean())
+        return means.unstack(col)
 
     def top(self, k: int = 5, *, by: str = "abs") -> pd.DataFrame:
         """The ``k`` rows with the largest change from the baseline (``by="abs"``) or effect
@@ -124,7 +125,8 @@ class HeadEffects(Result):
         k = positive_int("k", k)
         if by not in ("abs", "effect"):
             raise InvalidOptionError(f"by must be 'abs' or 'effect'; got {by!r}")
-        change = (self._frame["effect"] - self._meta["baseline"]).abs() if by == "abs" else self._frame["effect"]
+        effect = cast(pd.Series, self._frame["effect"])
+        change = (effect - self._meta["baseline"]).abs() if by == "abs" else effect
         return self._frame.loc[change.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
 
     # -- display --------------------------------------------------------------------------
@@ -135,9 +137,9 @@ class HeadEffects(Result):
 
         idx = self.index_columns
         if "head" in idx and "pos" in idx:
-            frame = self._frame.groupby(["layer", "head", "pos"])[column].mean().unstack("pos")
+            frame = cast(pd.Series, self._frame.groupby(["layer", "head", "pos"])[column].mean()).unstack("pos")
             table = frame.copy()
-            table.index = [f"L{a}H{b}" for a, b in frame.index]
+            table.index = [f"L{a}H{b}" for a, b in cast(pd.MultiIndex, frame.index)]
             table.columns.name, ylabel, ytick = "pos", "head", None
         else:
             table = self.matrix(column)

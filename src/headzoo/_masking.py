@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import html
 from collections.abc import Sequence
-from typing import Any, final
+from typing import Any, Literal, cast, final
 
 import numpy as np
 import pandas as pd
@@ -76,10 +76,11 @@ class MaskingCurve(Result):
                             shared_yaxes=True, horizontal_spacing=0.06)
         colours = {"top": "#c0392b", "random": "#2c7fb8"}
         for col, method in enumerate(methods, start=1):
-            part = summary[summary["method"] == method]
-            base = part[part["heads"] == "none"]
+            # a boolean mask selects rows, so these stay frames (the stubs allow a Series too)
+            part = cast(pd.DataFrame, summary[summary["method"] == method])
+            base = cast(pd.DataFrame, part[part["heads"] == "none"])
             for kind in ("top", "random"):
-                rows = pd.concat([base, part[part["heads"] == kind]]).sort_values("k")
+                rows = pd.concat([base, cast(pd.DataFrame, part[part["heads"] == kind])]).sort_values("k")
                 label = "top-K retrieval heads" if kind == "top" else "K random other heads"
                 if kind == "random" and len(rows):
                     fig.add_trace(go.Scatter(
@@ -218,7 +219,8 @@ def retrieval_masking(
              "retrieved": float(base.retrieved(min_recall).mean()), "masked": ""} for m in methods]
     show = progress if progress is not None else len(plan) > 8
     for method, x, kind, draw, heads in tqdm(plan, desc="headzoo masking", unit="run", disable=not show, leave=False):
-        run = decode_needles(model, trials, batch_size=batch_size, mask_heads=heads, mask_method=method, progress=False)
+        run = decode_needles(model, trials, batch_size=batch_size, mask_heads=heads,
+                             mask_method=cast(Literal["uniform", "zero"], method), progress=False)  # checked above
         rows.append({
             "method": method, "k": x, "heads": kind, "draw": draw, "accuracy": float(run.recall.mean()),
             "retrieved": float(run.retrieved(min_recall).mean()), "masked": " ".join(f"L{a}H{b}" for a, b in heads),

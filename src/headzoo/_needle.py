@@ -17,8 +17,8 @@ import functools
 import html
 import importlib
 import importlib.resources
-from collections.abc import Sequence
-from typing import Any, Literal, final
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast, final
 
 import numpy as np
 import pandas as pd
@@ -489,7 +489,7 @@ class NeedleRun(Result):
         """Mean answer recall, ``length x depth``."""
         df = self.trials.frame[["length", "depth"]].copy()
         df["recall"] = self.recall
-        return df.groupby(["length", "depth"])["recall"].mean().unstack("depth")
+        return cast(pd.Series, df.groupby(["length", "depth"])["recall"].mean()).unstack("depth")
 
     def plot(self, min_recall: float = 0.5) -> Any:
         """Mean answer recall per prompt length and needle depth, as a plotly ``Figure``
@@ -600,13 +600,15 @@ def decode_needles(
     too_long = [i for i, t in enumerate(trials.tokens) if len(t) + trials.n_decode - 1 > info.n_ctx]
     if too_long or any(int(t.max()) >= info.d_vocab for t in trials.tokens):
         raise InvalidOptionError("these trials were built for another model (they do not fit this one); build them with this model")
-    edit = None
+    edit: Callable[[int], list] | None = None
     if mask_heads is not None:
         ablation_hooks(model, mask_heads, mask_method)  # checks the heads and hooks up front
 
-        def edit(prompt_len: int) -> list:
+        def mask_edit(prompt_len: int) -> list:
             # every query that emits a token: the prompt's last position and each decoded one
             return ablation_hooks(model, mask_heads, mask_method, positions=slice(prompt_len - 1, None))
+
+        edit = mask_edit
 
     out = greedy_decode(model, info, trials.tokens, trials.n_decode, batch_size=batch_size, use_kv_cache=use_kv_cache,
                         record_keys=mask_heads is None, edit=edit, progress=progress, desc="headzoo needles")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -132,7 +132,7 @@ def ordinal_tasks(tokenizer: Any, *, n_vocab: int | None = None) -> tuple[list[O
                     f"{pattern.format('X')!r}, and no two of them are consecutive"
                 )
                 continue
-            key = tuple(run)  # type: ignore[arg-type]
+            key = cast("tuple[int, ...]", tuple(run))  # a run of consecutive ids that are not None
             if key in seen:
                 skipped[name] = f"same tokens as {seen[key]}"
                 continue

@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from jaxtyping import Int
@@ -340,7 +340,7 @@ def run_patching(
         items = [positions] if isinstance(positions, int) else list(positions)  # type: ignore[arg-type]
         if not items or any(isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq for p in items):
             raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
-        explicit = sorted({p % seq for p in items})
+        explicit = sorted({p % seq for p in cast("list[int]", items)})  # every item passed the int check above
     device = torch.device(info.device)
     run = _Runner(model)
 

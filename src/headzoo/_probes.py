@@ -86,6 +86,7 @@ class RepeatedTokens:
         first = candidates[picks]
         parts = [first, first]
         if bos:
+            assert info.bos_token_id is not None  # resolve() refuses bos without a BOS token
             parts.insert(0, torch.full((self.n_prompts, 1), info.bos_token_id, dtype=torch.long))
         tokens = torch.cat(parts, dim=1)
         yield from tokens.split(self.batch_size)

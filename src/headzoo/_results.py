@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any, final
+from collections.abc import Iterable
+from typing import Any, cast, final
 
 import pandas as pd
 
@@ -48,7 +49,7 @@ class HeadScores(Result):
         for col in frame.columns:
             if col not in ("detector", "layer", "head"):
                 frame[col] = frame[col].astype("float64")
-        self._frame = frame
+        self._frame: pd.DataFrame = frame
         self._meta = normalise(meta)
         self._details: dict[str, pd.DataFrame] = {}
         for name, table in (details or {}).items():
@@ -99,7 +100,7 @@ class HeadScores(Result):
             EmptyResultError: it was run but scored no head.
         """
         if detector in self.detectors:
-            return self._frame[self._frame["detector"] == detector]
+            return cast(pd.DataFrame, self._frame[self._frame["detector"] == detector])
         run = self._meta.get("detectors", {})
         if isinstance(detector, str) and detector in run:
             result = run[detector].get("result") if isinstance(run[detector], dict) else None
@@ -115,8 +116,9 @@ class HeadScores(Result):
     def matrix(self, detector: str, metric: str = "score") -> pd.DataFrame:
         """``layer x head`` table of ``metric`` for ``detector`` (NaN where a head was not scored)."""
         rows = self._check(detector)
-        if metric not in rows.columns or rows[metric].isna().all():
-            have = [c for c in rows.columns if c not in ("detector", "layer", "head") and rows[c].notna().any()]
+        if metric not in rows.columns or cast(pd.Series, rows[metric]).isna().all():
+            have = [c for c in rows.columns
+                    if c not in ("detector", "layer", "head") and cast(pd.Series, rows[c]).notna().any()]
             raise KeyError(f"{detector} has no metric {metric!r}; it has {have}")
         n_layers, n_heads = self.shape
         table = rows.pivot(index="layer", columns="head", values=metric)
@@ -136,7 +138,7 @@ class HeadScores(Result):
             raise InvalidOptionError(f"metric must be one of {have}; got {metric!r}")
         if detector is not None:
             self._check(detector)
-        frame = self._frame if detector is None else self._frame[self._frame["detector"] == detector]
+        frame = self._frame if detector is None else cast(pd.DataFrame, self._frame[self._frame["detector"] == detector])
         frame = frame.dropna(subset=[metric])
         ordered = frame.sort_values(["detector", metric, "layer", "head"], ascending=[True, False, True, True], kind="stable")
         out = ordered.groupby("detector", sort=False).head(k)
@@ -220,7 +222,8 @@ class HeadScores(Result):
                           row=i, col=1)
             thr = self.threshold(name)
             if thr is not None:
-                fig.add_hline(y=thr, line_dash="dash", line_color="#c0392b", row=i, col=1)
+                # plotly infers row/col as str from their "all" default; it takes subplot numbers too
+                fig.add_hline(y=thr, line_dash="dash", line_color="#c0392b", row=i, col=1)  # pyright: ignore[reportArgumentType]
             fig.update_yaxes(title_text=metric, row=i, col=1)
         fig.update_layout(title=f"headzoo: top {k} heads", height=220 * len(names) + 80, width=640)
         return fig
@@ -255,7 +258,7 @@ class HeadScores(Result):
                 )
                 cells.append(f"<tr><th style='font-weight:normal;padding-right:4px'>{layer}</th>{row}</tr>")
             top = self.top(5, det)
-            best = ", ".join(f"L{r.layer}H{r.head} ({r.score:.2f})" for r in top.itertuples())
+            best = ", ".join(f"L{r.layer}H{r.head} ({r.score:.2f})" for r in cast("Iterable[Any]", top.itertuples()))
             parts.append(
                 "<div style='display:inline-block;vertical-align:top;margin:8px 16px 8px 0'>"
                 f"<div><b>{esc(det)}</b>" + (f" (threshold {thr:g})" if thr is not None else "") + "</div>"

@@ -14,7 +14,7 @@ import dataclasses
 import datetime as _dt
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -207,7 +207,8 @@ def select_detectors(detectors: Any, options: dict[str, Any]) -> list[Detector]:
     selected = []
     for c in classes:
         mine = {k: v for k, v in options.items() if k in fields_of[c.name]}
-        selected.append(dataclasses.replace(c, **mine) if isinstance(c, Detector) else c(**mine))
+        # dataclasses.fields above already required a dataclass, which the Detector ABC cannot say
+        selected.append(dataclasses.replace(cast(Any, c), **mine) if isinstance(c, Detector) else c(**mine))
     return selected
 
 
@@ -449,4 +450,4 @@ def _to_frame(metrics: dict[str, dict[str, torch.Tensor]], detectors: list[Detec
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True)
     base = ["detector", "layer", "head", "score"]
-    return frame[base + sorted(c for c in frame.columns if c not in base)]
+    return cast(pd.DataFrame, frame[base + sorted(c for c in frame.columns if c not in base)])

@@ -245,7 +245,8 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
             role = roles.get((layer, head))
             if role is None:
                 continue
-            w_q[head].zero_(), w_k[head].zero_(), w_v[head].zero_(), w_o[head].zero_()
+            for w in (w_q, w_k, w_v, w_o):
+                w[head].zero_()
             w_v[head, tok, :c] = eye
             if role == "previous_token":
                 w_q[head, pos, :c] = q_scale * rot
@@ -268,6 +269,7 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
             elif role == "successor":  # attends to its own position, writes the successor
                 w_q[head, pos, :c] = q_scale * eye
                 w_k[head, pos, :c] = eye
+                assert succ_rot is not None  # the successor role exists only when spec.successor is set
                 w_o[head, :c, out] = succ_rot
             elif role == "copy_suppression":  # attends to the predicted token, suppresses it
                 w_q[head, out, :c] = q_scale * eye
