@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import torch
 
-from headzoo._errors import UnsupportedModelError
+from headzoo._errors import InvalidOptionError, UnsupportedModelError
 
-__all__ = ["Backend", "available_backends", "build_model", "from_bridge_state_dict", "to_bridge_state_dict"]
+__all__ = ["Backend", "available_backends", "check_backend", "build_model", "from_bridge_state_dict", "to_bridge_state_dict"]
 
 Backend = Literal["bridge", "hooked"]
 
@@ -45,6 +45,18 @@ def available_backends() -> tuple[Backend, ...]:
     except ImportError:  # TransformerLens 4.x raises a migration pointer instead
         has_hooked = False
     return ("bridge", "hooked") if has_hooked else ("bridge",)
+
+
+def check_backend(backend: object) -> None:
+    """Refuse an unknown backend (:class:`InvalidOptionError`) or one this TransformerLens lacks
+    (:class:`UnsupportedModelError`)."""
+    if backend not in ("bridge", "hooked"):
+        raise InvalidOptionError(f"backend={backend!r} is not one of 'bridge' (TransformerBridge) or 'hooked' (HookedTransformer).")
+    if backend not in available_backends():
+        raise UnsupportedModelError(
+            "backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed. "
+            "Use backend='bridge', or install transformer-lens<4."
+        )
 
 
 def to_bridge_state_dict(
@@ -145,13 +157,7 @@ def build_model(
         name: the model name recorded in its config (and in every result's metadata).
     """
     cfg = {k: config[k] for k in _CONFIG_KEYS if k in config}
-    if backend not in ("bridge", "hooked"):
-        raise UnsupportedModelError(f"Unknown backend {backend!r}; choose 'bridge' or 'hooked'.")
-    if backend not in available_backends():
-        raise UnsupportedModelError(
-            "backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed. "
-            "Install transformer-lens<4 or use backend='bridge'."
-        )
+    check_backend(backend)
     if backend == "hooked":
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 

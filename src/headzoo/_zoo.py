@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from headzoo._backends import Backend
-from headzoo._errors import InvalidOptionError, ModelNotFoundError, UnsupportedModelError, did_you_mean
+from headzoo._backends import Backend, check_backend
+from headzoo._errors import InvalidOptionError, ModelNotFoundError, did_you_mean
 
 __all__ = ["load_model", "list_models", "DEFAULT_MODEL"]
 
@@ -122,7 +122,7 @@ def load_model(
     """
     torch_device = _check_device(device)
     torch_dtype = _check_dtype(dtype)
-    _check_backend(backend)
+    check_backend(backend)
     name = DEFAULT_MODEL if name is None else _check_name(name)
     if name in _ZOO:
         return _ZOO[name].build(backend, torch_device, torch_dtype)
@@ -160,18 +160,6 @@ def _check_name(name: object) -> str:
             "a local directory, or nothing for the default model."
         )
     return name
-
-
-def _check_backend(backend: object) -> None:
-    if backend not in ("bridge", "hooked"):
-        raise InvalidOptionError(f"backend={backend!r} is not one of 'bridge' (TransformerBridge) or 'hooked' (HookedTransformer).")
-    from headzoo._backends import available_backends
-
-    if backend not in available_backends():
-        raise UnsupportedModelError(
-            "backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed. "
-            "Use backend='bridge', or install transformer-lens<4."
-        )
 
 
 def _check_device(device: object) -> torch.device | None:
@@ -237,7 +225,7 @@ def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dty
     try:
         if backend == "hooked":
             # Looked up at run time: only TransformerLens 3.x has it (4.x types the name as a
-            # migration pointer), and _check_backend has made sure this install does.
+            # migration pointer), and check_backend has made sure this install does.
             hooked: Any = importlib.import_module("transformer_lens").HookedTransformer
             kwargs = {"device": device} if device is not None else {}
             model = hooked.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
