@@ -174,10 +174,6 @@ class Padded:
     def ragged(self) -> bool:
         return bool((self.lengths != self.ids.shape[1]).any())
 
-    def valid(self) -> torch.Tensor:
-        """``[batch, pos]`` bool: True at real positions."""
-        return torch.arange(self.ids.shape[1], device=self.lengths.device)[None, :] < self.lengths[:, None]
-
 
 def pad_right(prompts: Sequence[torch.Tensor], pad_id: int = 0) -> Padded:
     """Stack 1-D prompts into a right-padded ``[batch, max_len]`` block.
