@@ -358,6 +358,8 @@ def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detecto
         z = cache[z_names[layer]]
         if not isinstance(z, torch.Tensor) or z.ndim not in (3, 4):
             raise InvalidCacheError(f"the cache's {z_names[layer]} is not a [batch, pos, head, d_head] tensor")
+        if z.ndim == 3 and z.shape[-1] % info.n_heads == 0 and z.shape[-1] != info.d_head:
+            z = z.unflatten(-1, (info.n_heads, -1))  # bridges cache it flattened: [batch, pos, head * d_head]
         z = z if z.ndim == 4 else z.unsqueeze(0)
         if tuple(z.shape[:3]) != (shape[0], shape[2], info.n_heads):
             raise InvalidCacheError(
@@ -454,6 +456,8 @@ def _score_patterns(
             w_o = head_weights(model, "O", layer).float()  # [head, d_head, d_model]
             grams[layer] = torch.einsum("hdm,hem->hde", w_o, w_o).to(z.device)
         zf = z.detach().float()
+        if zf.ndim == 3:  # bridges hand the attention output before W_O flattened: [batch, pos, head * d_head]
+            zf = zf.unflatten(-1, (n_heads, -1))
         return torch.einsum("bqhd,hde,bqhe->bhq", zf, grams[layer], zf).clamp_min(0).sqrt()
 
     def accumulate(
