@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,8 +70,8 @@ def word_tokenizer(
 
 # -- subword tokenizers trained offline on the shipped text -----------------------------------
 
-#: the three subword conventions and the tokenizers each builder trains
-_SUBWORD_KINDS = ("bpe", "sentencepiece", "wordpiece")
+#: bump when the training recipe changes, so cached tokenizers of an older recipe are not reused
+_RECIPE = 2
 
 
 def bpe_tokenizer(vocab_size: int = 512, *, directory: str | os.PathLike[str] | None = None) -> Any:
@@ -132,7 +133,7 @@ def _subword_tokenizer(kind: str, vocab_size: int, directory: str | os.PathLike[
         raise ValueError(f"{kind}_tokenizer: vocab_size must be an integer >= {minimum}; got {vocab_size!r}")
     text = _shipped_text()
     if directory is None:
-        key = json.dumps([kind, vocab_size, hashlib.sha256(text.encode()).hexdigest(), tokenizers.__version__])
+        key = json.dumps([_RECIPE, kind, vocab_size, hashlib.sha256(text.encode()).hexdigest(), tokenizers.__version__])
         directory = Path(tempfile.gettempdir()) / "headzoo-tokenizers" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     directory = Path(directory)
     if not (directory / "tokenizer.json").exists():
@@ -152,7 +153,9 @@ def _train(kind: str, vocab_size: int, text: str) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    lines = [line for line in text.splitlines() if line.strip()]
+    # one training line per paragraph (blocks between blank lines, line breaks kept), as
+    # headzoo._vocab.encode_corpus tokenises a corpus, so a line break is an ordinary symbol
+    lines = [b for b in re.split(r"(?<=\n)(?=\n)", text) if b.strip()]
     if kind == "bpe":
         core = Tokenizer(models.BPE())
         core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
