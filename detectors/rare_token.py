@@ -64,7 +64,7 @@ class RareToken(hz.PatternDetector):
     )
     # Ours: Voita et al. name the head by inspection. 0.3 above chance means the head picks
     # the rarest token far more often than a fixed position or a uniform head would; planted
-    # rare-token heads score about 0.8, heads of other types within 0.1 of 0.
+    # rare-token heads score 0.85-0.97 on the shipped text, heads of other types within 0.1 of 0.
     threshold = 0.3
     score_range = (-1.0, 1.0)
 

@@ -114,9 +114,10 @@ class TextProbe(Probe):
         last = len(ids) - body  # the last start that leaves room for a full prompt
         try:
             tables = vocab_tables(model.tokenizer, info.d_vocab, who="the text probe")
-            # a word's first piece, or any non-word token (a prompt may open on a quote mark),
-            # but never mid-word, where the word's earlier pieces would be cut off
-            ok = ~tables.continuation(stream[None])[0]
+            # a word's first piece: never mid-word (the word's earlier pieces would be cut off),
+            # and never a separator, so the first text position is no more often punctuation
+            # than any other (a head fixed on it must not look like a delimiter head)
+            ok = tables.word_start.to(stream.device)[stream] & ~tables.continuation(stream[None])[0]
         except UnsupportedTokenizerError:  # a convention we cannot read: every start will do
             ok = torch.ones(len(ids), dtype=torch.bool)
         candidates = torch.nonzero(ok[: last + 1]).flatten()
