@@ -82,6 +82,8 @@ class VocabTables:
         punctuation: ``[vocab]`` separators: pieces that, once the convention's markers and
             whitespace are stripped, hold only Unicode punctuation (P*) or symbols (S*), and
             pieces of whitespace that hold a line break. A bare space is no separator.
+        bare_space: ``[vocab]`` the space marker alone (``"Ġ"``, ``"▁"``): part of a word only
+            when a continuing piece follows it.
         special: ``[vocab]`` the tokenizer's special tokens.
         n_tokenizer: ``len(tokenizer)``.
     """
@@ -91,6 +93,7 @@ class VocabTables:
     joinable: Bool[torch.Tensor, " vocab"]
     word_start: Bool[torch.Tensor, " vocab"]
     punctuation: Bool[torch.Tensor, " vocab"]
+    bare_space: Bool[torch.Tensor, " vocab"]
     special: Bool[torch.Tensor, " vocab"]
     n_tokenizer: int
 
@@ -108,7 +111,11 @@ class VocabTables:
         specials and other non-word tokens."""
         cont = self.continuation(tokens)
         word_id = torch.cumsum((~cont).long(), dim=1)
-        in_word = self.joinable.to(tokens.device)[tokens] | cont
+        bare = self.bare_space.to(tokens.device)[tokens]
+        followed = torch.zeros_like(cont)
+        followed[:, :-1] = cont[:, 1:]
+        # a bare space marker belongs to the word its next piece continues, else to no word
+        in_word = (self.joinable.to(tokens.device)[tokens] & (~bare | followed)) | cont
         return word_id, in_word
 
 
@@ -293,6 +300,7 @@ def _build_tables(tokenizer: Any, d_vocab: int, who: str) -> VocabTables:
     continues = torch.zeros(size, dtype=torch.bool)
     joinable = torch.zeros(size, dtype=torch.bool)
     punctuation = torch.zeros(size, dtype=torch.bool)
+    bare_spaces = torch.zeros(size, dtype=torch.bool)
     special = torch.zeros(size, dtype=torch.bool)
     for i, token in enumerate(vocab[:size]):
         if i in special_ids:
@@ -309,10 +317,11 @@ def _build_tables(tokenizer: Any, d_vocab: int, who: str) -> VocabTables:
             continues[i] = not space_marked and content[:1].isalnum() and text[:1] == content[:1]
         bare_space = convention in ("byte_bpe", "sentencepiece") and text == " "
         joinable[i] = alnum or bare_space
+        bare_spaces[i] = bare_space
         punctuation[i] = _is_separator(text)
     return VocabTables(
         convention=convention, continues=continues, joinable=joinable, word_start=joinable & ~continues,
-        punctuation=punctuation, special=special, n_tokenizer=len(vocab),
+        punctuation=punctuation, bare_space=bare_spaces, special=special, n_tokenizer=len(vocab),
     )
 
 
