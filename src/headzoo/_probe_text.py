@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Int
 
-from headzoo._errors import DetectorNotApplicableError, InvalidOptionError, UnsupportedTokenizerError
+from headzoo._errors import InvalidOptionError, UnsupportedTokenizerError
 from headzoo._models import ModelInfo
 from headzoo._probes import Probe, register_probe
 from headzoo._tokens import check_bool, check_int

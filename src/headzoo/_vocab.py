@@ -130,7 +130,7 @@ def _require(tokenizer: Any, who: str) -> None:
             "Build or load it with its tokenizer (e.g. planted_model(..., tokenizer=bpe_tokenizer()) or "
             "hz.load_model(name)), or pick a detector that does not need one."
         )
-    if not hasattr(tokenizer, "convert_ids_to_tokens") or not callable(getattr(tokenizer, "__call__", None)):
+    if not hasattr(tokenizer, "convert_ids_to_tokens") or not callable(tokenizer):
         raise UnsupportedTokenizerError(
             f"{who} needs a Hugging Face tokenizer (with convert_ids_to_tokens and encoding by call); the model "
             f"holds a {type(tokenizer).__name__}."
