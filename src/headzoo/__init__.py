@@ -44,11 +44,13 @@ from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
 from headzoo._ordinal import ORDINAL_LISTS, OrdinalTask, ordinal_tasks
 from headzoo._ordinal import as_tasks as as_ordinal_tasks
+from headzoo._probe_text import TextProbe
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
 from headzoo._results import HeadScores
 from headzoo._runner import detect
 from headzoo._viz import AttentionView, attention_view
+from headzoo._vocab import VocabTables, token_counts, vocab_tables
 from headzoo._zoo import list_models, load_model
 
 try:  # the installed distribution's version, so it cannot drift from pyproject.toml
@@ -65,6 +67,10 @@ __all__ = [
     "DetectorOutput",
     "Metrics",
     "RepeatedTokens",
+    "TextProbe",
+    "VocabTables",
+    "vocab_tables",
+    "token_counts",
     "NeedleHaystack",
     "NeedleTrials",
     "NeedleRun",

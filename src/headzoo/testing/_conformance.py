@@ -35,6 +35,7 @@ from headzoo._errors import (
     DetectorNotApplicableError,
     HeadzooError,
     InvalidOptionError,
+    UnsupportedTokenizerError,
 )
 from headzoo._models import model_info
 from headzoo._probes import PROBES
@@ -145,7 +146,7 @@ def _fail(rule: str, message: str) -> typing.NoReturn:
 
 # -- the default models ----------------------------------------------------------------------
 
-_MODELS: dict[tuple[int, int], tuple[Any, dict[str, str], dict[str, tuple[Any, ...]]]] = {}
+_MODELS: dict[tuple[Any, ...], tuple[Any, dict[str, str], dict[str, tuple[Any, ...]]]] = {}
 
 
 def _warm_up(model: Any) -> None:
@@ -156,7 +157,7 @@ def _warm_up(model: Any) -> None:
         model(torch.zeros(1, 2, dtype=torch.long, device=info.device))
 
 
-def _default_model(n_layers: int, n_heads: int) -> Any:
+def _default_model(n_layers: int, n_heads: int, tokenizer: Literal["word", "bpe"] = "word") -> Any:
     """A planted model with previous-token and induction heads and a word tokenizer that spells
     the days of the week (so the built-in ordinal lists apply).
 
@@ -164,8 +165,14 @@ def _default_model(n_layers: int, n_heads: int) -> Any:
     changed its weights or left hooks on it. (No planted successor head: it writes into the
     subspace the unembedding reads and would drown the induction head's copying, which the
     retrieval detector needs to see needles retrieved.)
+
+    With ``tokenizer="bpe"`` the model reads a byte-level BPE tokenizer trained on the shipped
+    text instead (``headzoo.testing.bpe_tokenizer(300)``): the default for tokenizer-aware
+    detectors that cannot use a whole-word vocabulary (their ``bind`` raises
+    ``hz.UnsupportedTokenizerError`` on the word model).
     """
-    if (n_layers, n_heads) not in _MODELS:
+    key: tuple[Any, ...] = (n_layers, n_heads) if tokenizer == "word" else (n_layers, n_heads, tokenizer)
+    if key not in _MODELS:
         from headzoo.testing._planted import PlantSpec, planted_model
         from headzoo.testing._tokenizer import word_tokenizer
 
@@ -173,10 +180,17 @@ def _default_model(n_layers: int, n_heads: int) -> Any:
             n_layers=n_layers, n_heads=n_heads, d_head=32, d_vocab=len(_WORDS) + 2, n_ctx=32,
             previous_token=(0, 0), induction=(1, 1), seed=0,
         )
-        model = planted_model(spec, tokenizer=word_tokenizer(list(_WORDS)), name=f"conformance-{n_layers}x{n_heads}")
+        if tokenizer == "word":
+            model = planted_model(spec, tokenizer=word_tokenizer(list(_WORDS)), name=f"conformance-{n_layers}x{n_heads}")
+        else:
+            from headzoo.testing._tokenizer import bpe_tokenizer
+
+            tok = bpe_tokenizer(300)
+            spec = dataclasses.replace(spec, d_vocab=len(tok))
+            model = planted_model(spec, tokenizer=tok, name=f"conformance-{tokenizer}-{n_layers}x{n_heads}")
         _warm_up(model)
-        _MODELS[(n_layers, n_heads)] = (model, _model_digest(model), _hook_state(model, with_global=False))
-    return _MODELS[(n_layers, n_heads)][0]
+        _MODELS[key] = (model, _model_digest(model), _hook_state(model, with_global=False))
+    return _MODELS[key][0]
 
 
 def _release_default_models() -> None:
@@ -856,9 +870,17 @@ def _resolve(detector: Any, options: dict[str, Any]) -> tuple[type, Detector | N
     return cls, given, det_opts, probe
 
 
-def _models(model: Any) -> tuple[list[Any], bool]:
+def _models(model: Any, det: Detector | None = None) -> tuple[list[Any], bool]:
     if model is None:
-        return [_default_model(*shape) for shape in _SHAPES], True
+        models = [_default_model(*shape) for shape in _SHAPES]
+        if isinstance(det, PatternDetector):
+            try:
+                det.bind(models[0], model_info(models[0]))
+            except UnsupportedTokenizerError:  # e.g. subword_merge: a whole-word vocabulary has no pieces
+                models = [_default_model(*shape, tokenizer="bpe") for shape in _SHAPES]
+            except Exception:  # not this function's rule: score_shape reports it
+                pass
+        return models, True
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if not models:
         raise InvalidOptionError("check_detector: model=[] holds no model; pass a model, a list of models, or None.")
@@ -908,7 +930,9 @@ def check_detector(
         detector: a detector class, an instance, or a registered name.
         model: a TransformerLens model, or a list of them. ``None`` (default): two small planted
             models (2 x 3 and 3 x 2 heads with previous-token and induction heads, and a word
-            tokenizer that spells the days of the week), so a transposed score cannot pass.
+            tokenizer that spells the days of the week), so a transposed score cannot pass. A
+            pattern detector whose ``bind`` refuses that tokenizer (``hz.UnsupportedTokenizerError``)
+            gets the same two models with a byte-level BPE tokenizer instead.
         options: the detector's options (e.g. ``{"n_tokens": 64}``) and probe options for pattern
             detectors (``n_prompts``, ``half_len``, ``batch_size``, ``seed``, ``prepend_bos``;
             default ``n_prompts=4, batch_size=4``).
@@ -955,7 +979,7 @@ def check_detector(
     if "declared_fields" in wanted and (given is not None or det_opts):
         _check_instance(det, "the instance checked")
     done("declared_fields", "frozen dataclass; name, description, kind, reference, variant, threshold; options hashable and JSON-ready")
-    models, default = _models(model)
+    models, default = _models(model, det)
     described = tuple(_describe(m) for m in models)
     try:
         guard = _Guard(det, models, wanted)

@@ -26,6 +26,20 @@ heads around them can have any attention pattern without breaking the planted ci
   attention on the first token; it writes into ``SCRATCH`` as strongly as a random head.
 - dormant head: the same attention, but an output ``10**-3`` as large: a no-op, as the
   active-dormant heads of Guo et al. 2024 are on inputs where they rest on the sink.
+
+Token-feature heads (planted only with ``token_features`` from a real tokenizer, see
+:func:`features_from_tokenizer`) read four extra residual dimensions ``FEAT`` after
+``SCRATCH``, present only when one of them is planted: ``is separator``, ``rarity`` (scaled
+``-log frequency``) and ``is word start`` written by the embedding, and ``is position 0``
+written by the position embedding.
+
+- delimiter head: a constant query (its bias) against keys that read ``is separator``: it
+  spreads its attention over the separators in context.
+- rare-token head: a constant query against keys that read ``rarity``: its strongest
+  attention goes to the rarest token in context.
+- subword-merge head: a previous-token query, plus a large term on word-start queries that
+  matches ``is position 0``: continuation pieces attend to the piece before them, word starts
+  park on the first token.
 """
 
 from __future__ import annotations
@@ -38,11 +52,16 @@ import torch
 
 from headzoo._backends import Backend, build_model
 
-__all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placements"]
+__all__ = ["PlantSpec", "TokenFeatures", "features_from_tokenizer", "planted_model", "planted_state_dict", "random_placements"]
 
 Head = tuple[int, int]
 
-_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant")
+_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant",
+          "subword_merge", "delimiter", "rare_token")
+#: the roles that read token features (``PlantSpec.token_features``) from the ``FEAT`` dimensions
+_TOKEN_ROLES = ("subword_merge", "delimiter", "rare_token")
+#: ``FEAT`` dimensions: is separator, rarity, is word start (embedding), is position 0 (position embedding)
+_N_FEAT = 4
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,10 @@ class PlantSpec:
             head needs a previous-token head in an earlier layer.
         successor_sequences: token-id sequences the successor head advances along (ids must be
             distinct across sequences). ``None``: one sequence ``2, 3, ..., 11`` (shorter in tiny vocabularies).
+        subword_merge, delimiter, rare_token: ``(layer, head)`` of the token-feature heads (any
+            layer); they need ``token_features``, and add 4 dimensions to ``d_model``.
+        token_features: per-id features of a tokenizer (:func:`features_from_tokenizer`), one
+            value per id of the ``d_vocab``-sized vocabulary.
         seed: seeds every random weight and code.
         gain: attention logit margin of the planted heads (larger = sharper patterns).
         noise: scale of the random heads' query/key weights (their patterns' sharpness).
@@ -76,6 +99,10 @@ class PlantSpec:
     copy_suppression: Head | None = None
     sink: Head | None = None
     dormant: Head | None = None
+    subword_merge: Head | None = None
+    delimiter: Head | None = None
+    rare_token: Head | None = None
+    token_features: TokenFeatures | None = None
     successor_sequences: tuple[tuple[int, ...], ...] | None = None
     seed: int = 0
     gain: float = 30.0
@@ -112,6 +139,7 @@ class PlantSpec:
                     "must sit in an earlier layer; got previous_token="
                     f"{self.previous_token}, induction={self.induction}"
                 )
+        _check_token_roles(self, planted)
         if self.successor_sequences is not None:
             seqs = tuple(tuple(int(t) for t in seq) for seq in self.successor_sequences)
             flat = [t for seq in seqs for t in seq]
@@ -136,7 +164,7 @@ class PlantSpec:
 
     @property
     def d_model(self) -> int:
-        return 5 * (self.d_head // 2)
+        return 5 * (self.d_head // 2) + _token_feature_dims(self)
 
     def config(self) -> dict[str, Any]:
         """HookedTransformerConfig-style fields of this architecture."""
@@ -237,6 +265,7 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
     w_u = torch.zeros(d, v)
     w_u[out] = codes.T
     w_u[scratch] = 0.1 * torch.randn(c, v, generator=g)  # random heads get random copying scores
+    feat = _write_token_features(spec, w_e, w_pos)
     sd.update({"embed.W_E": w_e, "pos_embed.W_pos": w_pos, "unembed.W_U": w_u, "unembed.b_U": torch.zeros(v)})
     q_scale = spec.gain * math.sqrt(dh)  # TransformerLens divides scores by sqrt(d_head)
     sigma = math.sqrt(0.75 * spec.noise)
@@ -281,6 +310,9 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 w_q[head, out, :c] = q_scale * eye
                 w_k[head, tok, :c] = eye
                 w_o[head, :c, out] = -eye
+            elif role in _TOKEN_ROLES:
+                assert feat is not None  # _write_token_features gives FEAT whenever such a role is planted
+                _plant_token_role(sd, role, layer, head, w_q, w_k, w_o, rot, q_scale, pos, scratch, feat)
             elif role in ("sink", "dormant"):
                 _plant_sink(sd, layer, head, w_k, w_o, pcodes[0], q_scale, scratch, quiet=role == "dormant", seed=spec.seed)
         p = f"blocks.{layer}."
@@ -315,6 +347,123 @@ def _plant_sink(
     b_q[head, :c] = q_scale * first_code / first_code.norm()
     g = torch.Generator().manual_seed(seed + 7919 * (layer + 1) + head)  # own stream: other weights unchanged
     w_o[head, :c, scratch] = (1e-3 if quiet else 0.5) * torch.randn(c, c, generator=g) / math.sqrt(dh)
+
+
+# -- token-feature roles (subword_merge, delimiter, rare_token) ---------------------------------
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """Per-id features of a tokenizer that token-feature heads read (hashable, so a
+    :class:`PlantSpec` holding them can key a cache).
+
+    Attributes:
+        separator: 1.0 for separator ids (punctuation, symbols, line breaks), else 0.0.
+        rarity: ``-log frequency`` (add-one smoothed) scaled to ``[0, 1]``; -1.0 for specials,
+            so a rare-token head never picks them.
+        word_start: 0.0 for pieces marked as continuing a word, else 1.0.
+        source: where the frequencies were counted (for reprs and messages).
+    """
+
+    separator: tuple[float, ...]
+    rarity: tuple[float, ...]
+    word_start: tuple[float, ...]
+    source: str = "shipped"
+
+    def __post_init__(self) -> None:
+        n = {len(self.separator), len(self.rarity), len(self.word_start)}
+        if len(n) != 1:
+            raise ValueError(f"token features must have one value per id each; got lengths {sorted(n)}")
+
+    def __len__(self) -> int:
+        return len(self.separator)
+
+    def __repr__(self) -> str:
+        return f"TokenFeatures({len(self)} ids, frequencies from {self.source!r})"
+
+
+def features_from_tokenizer(tokenizer: Any, frequency: str = "shipped") -> TokenFeatures:
+    """The :class:`TokenFeatures` of ``tokenizer`` as the tokenizer-aware detectors read it:
+    separators and word starts from :func:`headzoo.vocab_tables`, rarity from
+    :func:`headzoo.token_counts` of ``frequency`` (``"shipped"`` or a text file's path).
+
+    Plant with ``PlantSpec(d_vocab=len(tokenizer), token_features=features, ...)`` and build
+    with ``planted_model(spec, tokenizer=tokenizer)``.
+    """
+    from headzoo._vocab import rarity, token_counts, vocab_tables
+
+    n = len(tokenizer)
+    tables = vocab_tables(tokenizer, n, who="features_from_tokenizer")
+    rare = rarity(token_counts(tokenizer, frequency, n)).float()
+    rare[tables.special] = -1.0
+    return TokenFeatures(
+        separator=tuple(tables.punctuation.float().tolist()), rarity=tuple(rare.tolist()),
+        word_start=tuple((~tables.continues).float().tolist()), source=str(frequency),
+    )
+
+
+def _token_feature_dims(spec: PlantSpec) -> int:
+    """Width of ``FEAT``: 0 unless a token-feature role is planted (other models keep their shape)."""
+    return _N_FEAT if any(getattr(spec, r) is not None for r in _TOKEN_ROLES) else 0
+
+
+def _check_token_roles(spec: PlantSpec, planted: dict[str, Head]) -> None:
+    roles = [r for r in _TOKEN_ROLES if r in planted]
+    if spec.token_features is not None and not isinstance(spec.token_features, TokenFeatures):
+        raise ValueError(f"token_features must be a TokenFeatures (see features_from_tokenizer); got {type(spec.token_features).__name__}")
+    if not roles:
+        return
+    if spec.token_features is None:
+        raise ValueError(
+            f"planted {roles} read token features; pass token_features=features_from_tokenizer(tokenizer) "
+            "with d_vocab=len(tokenizer), and build with planted_model(spec, tokenizer=tokenizer)"
+        )
+    if len(spec.token_features) != spec.d_vocab:
+        raise ValueError(
+            f"token_features cover {len(spec.token_features)} ids but d_vocab={spec.d_vocab}; use "
+            "d_vocab=len(tokenizer) for the tokenizer the features came from"
+        )
+
+
+def _write_token_features(spec: PlantSpec, w_e: torch.Tensor, w_pos: torch.Tensor) -> slice | None:
+    """Write ``FEAT`` into the embeddings (in place; only when a token-feature role is planted)."""
+    if not _token_feature_dims(spec):
+        return None
+    assert spec.token_features is not None  # _check_token_roles requires it with these roles
+    start = 5 * (spec.d_head // 2)
+    feat = slice(start, start + _N_FEAT)
+    f = spec.token_features
+    w_e[:, start] = torch.tensor(f.separator)
+    w_e[:, start + 1] = torch.tensor(f.rarity)
+    w_e[:, start + 2] = torch.tensor(f.word_start)
+    w_pos[0, start + 3] = 1.0
+    return feat
+
+
+def _plant_token_role(
+    sd: dict[str, torch.Tensor], role: str, layer: int, head: int, w_q: torch.Tensor, w_k: torch.Tensor,
+    w_o: torch.Tensor, rot: torch.Tensor, q_scale: float, pos: slice, scratch: slice, feat: slice,
+) -> None:
+    """One token-feature head (its weights were zeroed and its value reads the token code).
+    Every such head writes its output into ``SCRATCH``, as a duplicate-token head does."""
+    c = rot.shape[0]
+    h, dh = w_q.shape[0], w_q.shape[2]
+    separator, rarity, word_start, first = (feat.start + i for i in range(_N_FEAT))
+    b_q = sd.setdefault(f"blocks.{layer}.attn.b_Q", torch.zeros(h, dh))
+    if role == "delimiter":  # constant query x "is separator" key: uniform over the separators
+        b_q[head, 0] = q_scale
+        w_k[head, separator, 0] = 1.0
+    elif role == "rare_token":  # constant query x rarity key: the rarest key wins
+        # rarity gaps between rare counts are ~0.05 on the [0, 1] scale: a 10x sharper query
+        # puts most of the attention, not just the argmax, on the rarest key
+        b_q[head, 0] = 10 * q_scale
+        w_k[head, rarity, 0] = 1.0
+    elif role == "subword_merge":
+        w_q[head, pos, :c] = q_scale * rot  # a previous-token query ...
+        w_k[head, pos, :c] = torch.eye(c)
+        # ... plus, on word-start queries, twice that logit towards "is position 0"
+        w_q[head, word_start, c] = 2 * q_scale
+        w_k[head, first, c] = 1.0
+    w_o[head, :c, scratch] = torch.eye(c)
 
 
 def planted_model(
@@ -359,7 +508,8 @@ def planted_model(
 
 def random_placements(
     n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False,
-    sink: bool = False, dormant: bool = False,
+    sink: bool = False, dormant: bool = False, subword_merge: bool = False, delimiter: bool = False,
+    rare_token: bool = False,
 ) -> dict[str, Head]:
     """Random distinct head placements with the previous-token head below the induction head.
 
@@ -372,6 +522,8 @@ def random_placements(
             duplicate-token) stripe, as a real copy-suppression head does.
         sink, dormant: also place a sink head / a dormant head (attention on position 0,
             ordinary / near-zero output).
+        subword_merge, delimiter, rare_token: also place these token-feature heads (any layer;
+            the spec then needs ``token_features``).
     """
     if n_layers < 2:
         raise ValueError("placements with an induction head need at least 2 layers")
@@ -381,7 +533,8 @@ def random_placements(
     out = {"previous_token": (prev_layer, pick(0, n_heads)), "induction": (pick(prev_layer + 1, n_layers), pick(0, n_heads))}
     # the constrained roles first, so small models still have room for them
     extra = (["copy_suppression", "copying"] if weights else []) + (["duplicate_token"] if duplicate_token else []) + (
-        ["successor"] if weights else []) + (["sink"] if sink else []) + (["dormant"] if dormant else [])
+        ["successor"] if weights else []) + (["sink"] if sink else []) + (["dormant"] if dormant else []) + [
+        role for role, on in (("subword_merge", subword_merge), ("delimiter", delimiter), ("rare_token", rare_token)) if on]
     for role in extra:
         lo, hi = 0, n_layers
         if role == "copy_suppression":
