@@ -10,6 +10,7 @@ from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
 from headzoo._detector import (
+    STAGES,
     Detector,
     DetectorOutput,
     Metrics,
@@ -36,6 +37,7 @@ from headzoo._errors import (
     NonFiniteError,
     UnknownDetectorError,
     UnsupportedModelError,
+    UnsupportedTokenizerError,
 )
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
@@ -55,6 +57,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "STAGES",
     "Detector",
     "PatternDetector",
     "PositionalDetector",
@@ -108,6 +111,7 @@ __all__ = [
     "ModelNotFoundError",
     "UnknownDetectorError",
     "UnsupportedModelError",
+    "UnsupportedTokenizerError",
     "ConformanceError",
     "CorruptFileError",
     "EmptyResultError",

@@ -689,9 +689,9 @@ def build_atlas(
 
 
 def _unit_options(unit: list[Detector]) -> set[str]:
-    from headzoo._runner import PROBE_OPTIONS
+    from headzoo._runner import probe_options
 
-    names = set(PROBE_OPTIONS) if any(isinstance(d, PatternDetector) for d in unit) else set()
+    names = probe_options() if any(isinstance(d, PatternDetector) for d in unit) else set()
     for d in unit:
         names |= {f.name for f in dataclasses.fields(d)}  # type: ignore[arg-type]
     return names - {"seed"}

@@ -22,7 +22,7 @@ import tempfile
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from headzoo._errors import (
     InvalidOptionError,
 )
 from headzoo._models import model_info
-from headzoo._probes import RepeatedTokens
+from headzoo._probes import PROBES
 from headzoo._registry import (
     _REGISTRY,
     detector_class,
@@ -64,7 +64,7 @@ RULES: tuple[str, ...] = (
 _DECLARED = ("name", "description", "reference", "variant", "threshold", "kind")
 _META_KEYS = ("name", "kind", "variant", "reference", "threshold", "options")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-_PROBE_FIELDS = {f.name for f in dataclasses.fields(RepeatedTokens)}
+_PROBE_FIELDS = {f.name for cls in PROBES.values() for f in dataclasses.fields(cast(Any, cls))}
 #: probe options of the conformance runs: few prompts (fast), more than one batch's worth
 _PROBE_DEFAULTS = {"n_prompts": 4, "batch_size": 4}
 _ATOL = 1e-6
@@ -379,9 +379,15 @@ def _non_default(det: Detector) -> tuple[Detector | None, dict[str, Any]]:
     return dataclasses.replace(det, **changes), changes  # type: ignore[type-var]
 
 
-def _probe_tokens(model: Any, probe: dict[str, Any]) -> torch.Tensor:
-    """The first batch of the repeated-token probe ``[batch, pos]``."""
-    return next(iter(RepeatedTokens(**probe).batches(model_info(model))))
+def _probe_tokens(model: Any, probe: dict[str, Any], name: str = "repeated_tokens") -> torch.Tensor:
+    """The first batch ``[batch, pos]`` of the named probe (prompts cut to the shortest one)."""
+    info = model_info(model)
+    cls = PROBES[name]
+    fields = {f.name for f in dataclasses.fields(cast(Any, cls))}
+    inst = cls(**{k: v for k, v in probe.items() if k in fields})
+    prompts = inst.prompts(model, info)[: inst.batch_size]
+    n = min(len(p) for p in prompts)
+    return torch.stack([p[:n] for p in prompts])
 
 
 def _random_patterns(batch: int, n_heads: int, seq: int, seed: int) -> torch.Tensor:
@@ -501,7 +507,11 @@ def _check_direct(rule_checks: set[str], det: Detector, model: Any, probe: dict[
     direct = None
     shape_on = "score_shape" in rule_checks
     if isinstance(det, PatternDetector):
-        tokens = _probe_tokens(model, probe).to(info.device)
+        try:
+            det = det.bind(model, info)
+        except Exception as exc:
+            _fail("score_shape", f"{name}.bind(model, info) raised {type(exc).__name__}: {exc} {where}.")
+        tokens = _probe_tokens(model, probe, det.probe).to(info.device)
         batch, seq = tokens.shape
         before = tokens.clone()
         try:
@@ -525,8 +535,11 @@ def _check_direct(rule_checks: set[str], det: Detector, model: Any, probe: dict[
         pattern = _random_patterns(batch, H, seq, seed=1).to(info.device)
         pattern_before = pattern.clone()
         match_before = match.clone() if isinstance(match, torch.Tensor) else match
+        extras = {}
+        if "out_norm" in det.reads:
+            extras["out_norm"] = torch.rand(batch, H, seq, generator=torch.Generator().manual_seed(2)).to(info.device)
         try:
-            metrics = det.reduce(pattern, match)
+            metrics = det.reduce(pattern, match, **extras)
         except Exception as exc:
             _fail("score_shape", f"{name}.reduce(pattern [{batch}, {H}, {seq}, {seq}], match) raised "
                                  f"{type(exc).__name__}: {exc}.")

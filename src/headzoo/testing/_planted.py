@@ -22,6 +22,10 @@ heads around them can have any attention pattern without breaking the planted ci
 - copy-suppression head: its query reads ``OUT`` (the unembedding of what earlier heads
   predict), its key the token code, so it attends to the predicted token; its OV circuit is
   minus the copying circuit, lowering that token's logit.
+- sink head: a constant query (its bias) matches position 0's code, so every query parks its
+  attention on the first token; it writes into ``SCRATCH`` as strongly as a random head.
+- dormant head: the same attention, but an output ``10**-3`` as large: a no-op, as the
+  active-dormant heads of Guo et al. 2024 are on inputs where they rest on the sink.
 - relative-position head (offset ``k``): the previous-token construction with the rotation
   applied ``k`` times, so it attends to position ``q - k``; it copies the token code into
   ``SCRATCH``, or into ``PREV2`` when an n-gram induction head needs it (``k = 2``).
@@ -46,7 +50,7 @@ __all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placement
 
 Head = tuple[int, int]
 
-_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression")
+_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant")
 #: roles built by :func:`_plant_positional` (relative position and n-gram induction)
 _POSITIONAL_ROLES = ("relative_position", "ngram_induction")
 
@@ -58,8 +62,8 @@ class PlantSpec:
     Attributes:
         n_layers, n_heads, d_head, d_vocab, n_ctx: the architecture. ``d_model`` follows as
             ``5 * (d_head // 2)`` (``6 * (d_head // 2)`` with an n-gram induction head).
-        previous_token, induction, duplicate_token, copying, successor, copy_suppression:
-            ``(layer, head)`` of each planted head, or ``None`` to leave it out. The induction
+        previous_token, induction, duplicate_token, copying, successor, copy_suppression, sink,
+            dormant: ``(layer, head)`` of each planted head, or ``None`` to leave it out. The induction
             head needs a previous-token head in an earlier layer.
         relative_position: a head attending ``relative_offset`` positions back.
         relative_offset: its offset (``>= 1``; 1 is what a previous-token head does).
@@ -84,6 +88,8 @@ class PlantSpec:
     copying: Head | None = None
     successor: Head | None = None
     copy_suppression: Head | None = None
+    sink: Head | None = None
+    dormant: Head | None = None
     relative_position: Head | None = None
     relative_offset: int = 2
     ngram_induction: Head | None = None
@@ -341,12 +347,14 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 w_q[head, out, :c] = q_scale * eye
                 w_k[head, tok, :c] = eye
                 w_o[head, :c, out] = -eye
+            elif role in ("sink", "dormant"):
+                _plant_sink(sd, layer, head, w_k, w_o, pcodes[0], q_scale, scratch, quiet=role == "dormant", seed=spec.seed)
             elif role in _POSITIONAL_ROLES:
                 _plant_positional(spec, role, head, w_q, w_k, w_o, rot, q_scale)
         p = f"blocks.{layer}."
         sd.update({
             p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
-            p + "attn.b_Q": torch.zeros(h, dh), p + "attn.b_K": torch.zeros(h, dh),
+            p + "attn.b_Q": sd.pop(p + "attn.b_Q", torch.zeros(h, dh)), p + "attn.b_K": torch.zeros(h, dh),
             p + "attn.b_V": torch.zeros(h, dh), p + "attn.b_O": torch.zeros(d),
         })
         if not spec.attn_only:
@@ -358,6 +366,23 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 p + "mlp.b_in": torch.zeros(d_mlp), p + "mlp.W_out": w_out, p + "mlp.b_out": torch.zeros(d),
             })
     return sd
+
+
+def _plant_sink(
+    sd: dict[str, torch.Tensor], layer: int, head: int, w_k: torch.Tensor, w_o: torch.Tensor,
+    first_code: torch.Tensor, q_scale: float, scratch: slice, *, quiet: bool, seed: int,
+) -> None:
+    """A head whose constant query (the bias ``b_Q``) matches position 0's code: every query
+    attends to the first token. Its output goes to ``SCRATCH`` at a random head's scale, or at
+    ``10**-3`` of it when ``quiet`` (a dormant head)."""
+    c = first_code.shape[0]
+    h, dh = w_k.shape[0], w_k.shape[2]
+    pos = slice(c, 2 * c)
+    w_k[head, pos, :c] = torch.eye(c)
+    b_q = sd.setdefault(f"blocks.{layer}.attn.b_Q", torch.zeros(h, dh))
+    b_q[head, :c] = q_scale * first_code / first_code.norm()
+    g = torch.Generator().manual_seed(seed + 7919 * (layer + 1) + head)  # own stream: other weights unchanged
+    w_o[head, :c, scratch] = (1e-3 if quiet else 0.5) * torch.randn(c, c, generator=g) / math.sqrt(dh)
 
 
 def planted_model(
@@ -402,7 +427,7 @@ def planted_model(
 
 def random_placements(
     n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False,
-    relative_position: bool = False, ngram_induction: bool = False,
+    sink: bool = False, dormant: bool = False, relative_position: bool = False, ngram_induction: bool = False,
 ) -> dict[str, Head]:
     """Random distinct head placements with the previous-token head below the induction head.
 
@@ -413,7 +438,8 @@ def random_placements(
             than the induction and copying heads: after them it would attend to what they
             predict, which on a repeated-token probe is exactly an induction (or
             duplicate-token) stripe, as a real copy-suppression head does.
-
+        sink, dormant: also place a sink head / a dormant head (attention on position 0,
+            ordinary / near-zero output).
         relative_position: also place a relative-position head (any layer).
         ngram_induction: also place an n-gram induction head, above both the previous-token
             head and a relative-position head (placed too; plant it with ``relative_offset=2``).
@@ -427,7 +453,7 @@ def random_placements(
     out = {"previous_token": (prev_layer, pick(0, n_heads)), "induction": (pick(prev_layer + 1, n_layers), pick(0, n_heads))}
     # the constrained roles first, so small models still have room for them
     extra = (["copy_suppression", "copying"] if weights else []) + (["duplicate_token"] if duplicate_token else []) + (
-        ["successor"] if weights else [])
+        ["successor"] if weights else []) + (["sink"] if sink else []) + (["dormant"] if dormant else [])
     for role in extra:
         lo, hi = 0, n_layers
         if role == "copy_suppression":
