@@ -29,6 +29,7 @@ from jaxtyping import Int
 
 from headzoo._errors import DetectorNotApplicableError, InvalidOptionError
 from headzoo._models import ModelInfo
+from headzoo._probes import Probe, register_probe
 from headzoo._tokens import check_bool, check_int, ordinary_ids
 
 __all__ = ["RandomTokens", "LongRepeatedTokens", "NGramTokens"]
@@ -59,8 +60,9 @@ def _with_bos(body: torch.Tensor, bos: bool, info: ModelInfo) -> list[torch.Tens
     return list(body.long().unbind(0))
 
 
+@register_probe
 @dataclass(frozen=True)
-class RandomTokens:
+class RandomTokens(Probe):
     """Random tokens, none repeated within a prompt: ``[BOS] t_1 ... t_L``.
 
     Attributes:
@@ -125,8 +127,9 @@ class RandomTokens:
                 "n_candidate_tokens": int(len(candidates))}
 
 
+@register_probe
 @dataclass(frozen=True)
-class LongRepeatedTokens:
+class LongRepeatedTokens(Probe):
     """``[BOS] r r`` as long as the context allows: ``r`` is ``half_len`` distinct random tokens.
 
     ``half_len = min((long_len - bos) // 2, n_ordinary_tokens)``, so a token's earlier copy lies
@@ -186,8 +189,9 @@ class LongRepeatedTokens:
                 "prepend_bos": bos, "n_candidate_tokens": int(len(candidates))}
 
 
+@register_probe
 @dataclass(frozen=True)
-class NGramTokens:
+class NGramTokens(Probe):
     """Episodes where 1-gram and n-gram continuations differ.
 
     One episode, with a key token ``x``, ``m = n_distractors + 1`` contexts ``c_i`` of
