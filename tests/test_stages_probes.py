@@ -147,3 +147,62 @@ def test_dormant_from_a_users_cache_equals_the_live_run(demo_spec):
 
 def test_dormant_passes_the_conformance_suite():
     check_detector("dormant")
+
+
+# -- null baselines -----------------------------------------------------------------------------
+
+def _digest(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def test_random_twin_keeps_the_architecture_and_redraws_the_weights(demo_model):
+    from headzoo._baseline import init_scheme, random_twin
+
+    before = _digest(demo_model)
+    a, b, a2 = random_twin(demo_model, 0), random_twin(demo_model, 1), random_twin(demo_model, 0)
+    after = _digest(demo_model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the user's model is untouched
+    assert hz.model_info(a) == hz.model_info(demo_model) and a.tokenizer is not None
+    std = init_scheme(demo_model)["std"]
+    w = a.W_Q.detach()
+    assert abs(float(w.std()) - std) < 0.1 * std
+    assert not torch.equal(a.W_Q, b.W_Q) and torch.equal(a.W_Q, a2.W_Q)
+
+
+def test_baseline_adds_z_scores_and_the_planted_heads_stand_out(demo_spec):
+    model = cached_planted(demo_spec)
+    scores = hz.detect(model, ["previous_token", "induction", "copying"], n_prompts=4, baseline=True, baseline_models=2)
+    frame = scores.to_frame()
+    assert {"baseline_mean", "baseline_std", "z"} <= set(frame.columns)
+    assert frame["z"].notna().all()
+    for name in ("previous_token", "induction"):
+        part = frame[frame["detector"] == name].set_index(["layer", "head"])
+        assert part["z"].idxmax() == demo_spec.planted[name]
+    assert scores.meta["baseline"]["n_models"] == 2 and scores.meta["baseline"]["init"]["scheme"] == "gpt2"
+    again = hz.detect(model, ["previous_token", "induction", "copying"], n_prompts=4, baseline=True, baseline_models=2)
+    assert (again.to_frame()["z"] - frame["z"]).abs().max() < 1e-9
+
+
+def test_on_a_short_context_a_random_heads_high_raw_score_is_chance():
+    """With 6 positions a head attending uniformly puts ~0.4 on the previous token; the z-score
+    against random copies says that is what chance gives."""
+    from headzoo._baseline import random_twin
+
+    spec = PlantSpec(n_layers=2, n_heads=4, d_head=16, d_vocab=30, n_ctx=6, previous_token=(0, 0), induction=(1, 1))
+    model = random_twin(cached_planted(spec), seed=123)
+    frame = hz.detect(model, "previous_token", n_prompts=8, baseline=True, baseline_models=4).to_frame()
+    assert frame["score"].min() > 0.25
+    assert frame["z"].abs().median() < 2.5, frame[["layer", "head", "score", "z"]]
+
+
+def test_baseline_options_are_checked(demo_model):
+    tokens = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    _, cache = demo_model.run_with_cache(tokens)
+    with pytest.raises(hz.InvalidOptionError, match="needs the tokens"):
+        hz.detect(demo_model, "first_token", cache=cache, baseline=True)
+    with pytest.raises(hz.InvalidOptionError, match="baseline"):
+        hz.detect(demo_model, "first_token", baseline="yes")
+    with pytest.raises(hz.InvalidOptionError, match="baseline_models"):
+        hz.detect(demo_model, "first_token", baseline=True, baseline_models=1)
+    with_tokens = hz.detect(demo_model, "first_token", tokens=tokens, cache=cache, baseline=True, baseline_models=2)
+    assert with_tokens.to_frame()["z"].notna().all()

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headzoo._baseline import add_z_scores, init_scheme, random_twin
 from headzoo._circuits import WeightCircuits
 from headzoo._detector import Detector, DetectorOutput, PatternDetector, WeightDetector
 from headzoo._errors import (
@@ -51,7 +52,7 @@ def probe_options() -> set[str]:
 
 
 PROBE_OPTIONS = probe_options()  # the built-in probes' options (plugins' are read at call time)
-_RUNNER_OPTIONS = {"progress"}
+_RUNNER_OPTIONS = {"progress", "baseline", "baseline_models"}
 
 
 def detect(
@@ -75,8 +76,11 @@ def detect(
             scores are then read from it without running the model. Needs ``tokens`` for
             detectors that compare token identities.
         **options: probe options (``n_prompts``, ``half_len``, ``batch_size``, ``seed``,
-            ``prepend_bos``), ``progress`` (bool), and detector options (e.g. ``measure``,
-            ``exclude_bos``), applied to every selected detector that has them.
+            ``prepend_bos``, and those of the other probes, see ``hz.list_detectors()["probe"]``),
+            ``progress`` (bool), ``baseline`` (bool: also score ``baseline_models``, default 3,
+            randomly initialised copies of the model and add ``baseline_mean``,
+            ``baseline_std`` and ``z`` columns; see ``headzoo._baseline``), and detector options
+            (e.g. ``measure``, ``exclude_bos``), applied to every selected detector that has them.
 
     Returns:
         :class:`HeadScores` with one row per (detector, layer, head).
@@ -98,7 +102,15 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
     reported) instead of raising, as when every registered detector runs."""
     info = model_info(model)
     check_finite(model)
+    baseline = check_bool(options.pop("baseline", False), "baseline")
+    n_null = check_int(options.pop("baseline_models", 3), "baseline_models", minimum=2)
+    if baseline and cache is not None and tokens is None:
+        raise InvalidOptionError(
+            "baseline=True with a cache needs the tokens too: the random copies of the model are run on them "
+            "(the cache belongs to this model only). Pass tokens=..., or drop baseline."
+        )
     selected = select_detectors(detectors, options)
+    chosen = list(selected)
     progress = options.get("progress")
     if progress is not None:
         check_bool(progress, "progress")
@@ -197,7 +209,38 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
     }
     if skipped:
         meta["skipped_detectors"] = skipped
-    return HeadScores(_to_frame(metrics, selected), meta, details=details)
+    frame = _to_frame(metrics, selected)
+    if baseline:
+        frame, meta["baseline"] = _null_baseline(model, [d for d in chosen if d.name in metrics], tokens, n_null, frame, options)
+    return HeadScores(frame, meta, details=details)
+
+
+def _null_baseline(
+    model: Any, detectors: list[Detector], tokens: Any, n_models: int, frame: pd.DataFrame, options: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score ``n_models`` randomly initialised copies of ``model`` with the same detectors,
+    options and prompts, and add ``baseline_mean``, ``baseline_std`` and ``z`` to ``frame``."""
+    nulls: list[pd.DataFrame] = []
+    skipped: dict[str, str] = {}
+    show = options.get("progress")
+    for seed in tqdm(range(n_models), desc="headzoo baseline", unit="model", disable=not show, leave=False):
+        twin = random_twin(model, seed)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a detector that cannot score a random model is recorded below
+                null = run_detectors(twin, detectors, tokens=tokens, cache=None, explicit=False, **options)
+        finally:
+            del twin
+        nulls.append(null.to_frame())
+        skipped.update(null.meta.get("skipped_detectors", {}))
+    meta = {
+        "n_models": n_models,
+        "seeds": list(range(n_models)),
+        "init": init_scheme(model),
+        "pooling": "per detector and layer, over heads and random models; z = (score - mean) / std",
+        **({"not_scored_on_random_models": skipped} if skipped else {}),
+    }
+    return add_z_scores(frame, nulls), meta
 
 
 def select_detectors(detectors: Any, options: dict[str, Any]) -> list[Detector]:
