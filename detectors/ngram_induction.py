@@ -39,7 +39,8 @@ class NGramInduction(hz.PatternDetector):
 
     Options:
         n: the n-gram order (2: the previous token and the current one must both match). The
-            default probe serves ``n <= 4`` (its ``context_len`` + 1).
+            default probe serves ``n <= 4`` (its ``context_len`` + 1); for a larger ``n`` pass
+            ``context_len=n - 1`` too, or no query of the probe can be scored.
     """
 
     name = "ngram_induction"

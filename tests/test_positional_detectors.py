@@ -298,6 +298,19 @@ def test_planted_offsets_and_ngram_head_in_every_model_class(backend):
     assert _ranked(scores, "ngram_induction").index[0] == spec.planted["ngram_induction"]
 
 
+def test_positional_scores_from_a_users_cache_equal_the_live_run_without_tokens():
+    spec = _spec(*CASES[1])
+    model = cached_planted(spec, "bridge")
+    tokens = torch.randint(0, spec.d_vocab, (3, 16), generator=torch.Generator().manual_seed(5))
+    live = hz.detect(model, ["relative_position", "streaming"], tokens=tokens).to_frame()
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    cached = hz.detect(model, ["relative_position", "streaming"], cache=cache).to_frame()  # positions only
+    assert live[["detector", "layer", "head"]].equals(cached[["detector", "layer", "head"]])
+    assert (live["score"] - cached["score"]).abs().max() < 1e-5
+    with pytest.raises(hz.InvalidTokensError, match="ngram_induction"):
+        hz.detect(model, "ngram_induction", cache=cache)
+
+
 def test_plant_spec_refuses_an_ngram_head_without_its_inputs():
     with pytest.raises(ValueError, match="relative_offset=2"):
         PlantSpec(relative_position=(0, 1), relative_offset=3, ngram_induction=(1, 2))
