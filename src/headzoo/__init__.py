@@ -5,7 +5,10 @@
 
 from importlib import metadata as _metadata  # noqa: E402
 
-from headzoo import patching  # noqa: E402  (the hz.patching namespace)
+from headzoo import (
+    _probe_sequences,  # noqa: F401  (registers the random, long and n-gram probes)
+    patching,  # noqa: E402  (the hz.patching namespace)
+)
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff

@@ -1006,7 +1006,7 @@ def check_detector(
             detail = _check_batching(det, first, probe, guard, base) if "batch_size_invariance" in wanted else ""
             done("batch_size_invariance", detail)
             if isinstance(det, PatternDetector) and "no_mutation" in wanted:
-                tokens = _probe_tokens(first, probe)
+                tokens = _probe_tokens(first, probe, det.probe)
                 before = tokens.clone()
                 _run_detect("no_mutation", det, first, guard, "on the user's tokens", tokens=tokens)
                 if not torch.equal(tokens, before):

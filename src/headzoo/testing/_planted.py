@@ -26,10 +26,18 @@ heads around them can have any attention pattern without breaking the planted ci
   attention on the first token; it writes into ``SCRATCH`` as strongly as a random head.
 - dormant head: the same attention, but an output ``10**-3`` as large: a no-op, as the
   active-dormant heads of Guo et al. 2024 are on inputs where they rest on the sink.
+- relative-position head (offset ``k``): the previous-token construction with the rotation
+  applied ``k`` times, so it attends to position ``q - k``; it copies the token code into
+  ``SCRATCH``, or into ``PREV2`` when an n-gram induction head needs it (``k = 2``).
+- n-gram induction head (n = 2): its query reads ``TOK`` and ``PREV`` (the current and the
+  previous token), its key reads ``PREV`` and ``PREV2`` (the two tokens before the key), so it
+  attends to the position whose previous two tokens equal the query's last two; it copies the
+  attended token into ``OUT``. ``PREV2`` is a sixth subspace, appended only when this head is
+  planted; the relative-position head with offset 2 writes it.
 
 Token-feature heads (planted only with ``token_features`` from a real tokenizer, see
 :func:`features_from_tokenizer`) read four extra residual dimensions ``FEAT`` after
-``SCRATCH``, present only when one of them is planted: ``is separator``, ``rarity`` (scaled
+``SCRATCH`` (and ``PREV2``), present only when one of them is planted: ``is separator``, ``rarity`` (scaled
 ``-log frequency``) and ``is word start`` written by the embedding, and ``is position 0``
 written by the position embedding.
 
@@ -58,6 +66,8 @@ Head = tuple[int, int]
 
 _ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant",
           "subword_merge", "delimiter", "rare_token")
+#: roles built by :func:`_plant_positional` (relative position and n-gram induction)
+_POSITIONAL_ROLES = ("relative_position", "ngram_induction")
 #: the roles that read token features (``PlantSpec.token_features``) from the ``FEAT`` dimensions
 _TOKEN_ROLES = ("subword_merge", "delimiter", "rare_token")
 #: ``FEAT`` dimensions: is separator, rarity, is word start (embedding), is position 0 (position embedding)
@@ -70,10 +80,14 @@ class PlantSpec:
 
     Attributes:
         n_layers, n_heads, d_head, d_vocab, n_ctx: the architecture. ``d_model`` follows as
-            ``5 * (d_head // 2)``.
+            ``5 * (d_head // 2)`` (``6 * (d_head // 2)`` with an n-gram induction head).
         previous_token, induction, duplicate_token, copying, successor, copy_suppression, sink,
             dormant: ``(layer, head)`` of each planted head, or ``None`` to leave it out. The induction
             head needs a previous-token head in an earlier layer.
+        relative_position: a head attending ``relative_offset`` positions back.
+        relative_offset: its offset (``>= 1``; 1 is what a previous-token head does).
+        ngram_induction: an n-gram (n = 2) induction head; needs ``previous_token`` and
+            ``relative_position`` with ``relative_offset=2`` in earlier layers.
         successor_sequences: token-id sequences the successor head advances along (ids must be
             distinct across sequences). ``None``: one sequence ``2, 3, ..., 11`` (shorter in tiny vocabularies).
         subword_merge, delimiter, rare_token: ``(layer, head)`` of the token-feature heads (any
@@ -103,6 +117,9 @@ class PlantSpec:
     delimiter: Head | None = None
     rare_token: Head | None = None
     token_features: TokenFeatures | None = None
+    relative_position: Head | None = None
+    relative_offset: int = 2
+    ngram_induction: Head | None = None
     successor_sequences: tuple[tuple[int, ...], ...] | None = None
     seed: int = 0
     gain: float = 30.0
@@ -117,7 +134,7 @@ class PlantSpec:
             raise ValueError("need n_layers >= 1, n_heads >= 1, n_ctx >= 4 and d_vocab >= 2")
         planted = {
             name: getattr(self, name)
-            for name in _ROLES
+            for name in (*_ROLES, *_POSITIONAL_ROLES)
             if getattr(self, name) is not None
         }
         for name, (layer, head) in planted.items():
@@ -140,6 +157,7 @@ class PlantSpec:
                     f"{self.previous_token}, induction={self.induction}"
                 )
         _check_token_roles(self, planted)
+        _check_positional(self)
         if self.successor_sequences is not None:
             seqs = tuple(tuple(int(t) for t in seq) for seq in self.successor_sequences)
             flat = [t for seq in seqs for t in seq]
@@ -164,7 +182,7 @@ class PlantSpec:
 
     @property
     def d_model(self) -> int:
-        return 5 * (self.d_head // 2) + _token_feature_dims(self)
+        return 5 * (self.d_head // 2) + _positional_width(self) + _token_feature_dims(self)
 
     def config(self) -> dict[str, Any]:
         """HookedTransformerConfig-style fields of this architecture."""
@@ -228,6 +246,54 @@ def _position_codes(n_ctx: int, c: int, g: torch.Generator) -> tuple[torch.Tenso
     rot[idx + half, idx] = torch.sin(best_w)
     rot[idx + half, idx + half] = torch.cos(best_w)
     return codes, rot
+
+
+# -- relative-position and n-gram induction heads ------------------------------------------
+
+def _check_positional(spec: PlantSpec) -> None:
+    """Refuse relative-position / n-gram induction placements that cannot work."""
+    k = spec.relative_offset
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < spec.n_ctx:
+        raise ValueError(f"relative_offset must be an integer in [1, n_ctx - 1 = {spec.n_ctx - 1}]; got {k!r}")
+    if spec.ngram_induction is None:
+        return
+    layer = spec.ngram_induction[0]
+    prev, rel = spec.previous_token, spec.relative_position
+    if prev is None or rel is None or prev[0] >= layer or rel[0] >= layer or k != 2:
+        raise ValueError(
+            "an n-gram induction head reads the two previous tokens, written by a previous-token head "
+            "and a relative_position head with relative_offset=2, both in earlier layers; got "
+            f"previous_token={prev}, relative_position={rel} (offset {k}), ngram_induction={spec.ngram_induction}"
+        )
+
+
+def _positional_width(spec: PlantSpec) -> int:
+    """Residual dimensions added after ``SCRATCH``: ``PREV2`` only when an n-gram head is planted."""
+    return spec.d_head // 2 if spec.ngram_induction is not None else 0
+
+
+def _plant_positional(
+    spec: PlantSpec, role: str, head: int, w_q: torch.Tensor, w_k: torch.Tensor, w_o: torch.Tensor,
+    rot: torch.Tensor, q_scale: float,
+) -> None:
+    """Write a relative-position or n-gram induction head into one layer's ``[head, ...]``
+    weights (the value already reads ``TOK``; everything else is zero)."""
+    c = spec.d_head // 2
+    eye = torch.eye(c)
+    tok, pos, prev, out, scratch, prev2 = (slice(i * c, (i + 1) * c) for i in range(6))
+    if role == "relative_position":
+        # P[q] @ rot^k = P[q - k]: the query matches the key k positions back
+        w_q[head, pos, :c] = q_scale * torch.linalg.matrix_power(rot, spec.relative_offset)
+        w_k[head, pos, :c] = eye
+        w_o[head, :c, prev2 if spec.ngram_induction is not None else scratch] = eye
+    elif role == "ngram_induction":
+        # query (tok[q], tok[q-1]) against key (tok[k-1], tok[k-2]): both halves match only where
+        # the key follows the same two tokens; one match (a 1-gram continuation) scores half
+        w_q[head, tok, :c] = q_scale * eye
+        w_q[head, prev, c:] = q_scale * eye
+        w_k[head, prev, :c] = eye
+        w_k[head, prev2, c:] = eye
+        w_o[head, :c, out] = eye
 
 
 def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
@@ -315,6 +381,8 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 _plant_token_role(sd, role, layer, head, w_q, w_k, w_o, rot, q_scale, pos, scratch, feat)
             elif role in ("sink", "dormant"):
                 _plant_sink(sd, layer, head, w_k, w_o, pcodes[0], q_scale, scratch, quiet=role == "dormant", seed=spec.seed)
+            elif role in _POSITIONAL_ROLES:
+                _plant_positional(spec, role, head, w_q, w_k, w_o, rot, q_scale)
         p = f"blocks.{layer}."
         sd.update({
             p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
@@ -429,7 +497,7 @@ def _write_token_features(spec: PlantSpec, w_e: torch.Tensor, w_pos: torch.Tenso
     if not _token_feature_dims(spec):
         return None
     assert spec.token_features is not None  # _check_token_roles requires it with these roles
-    start = 5 * (spec.d_head // 2)
+    start = 5 * (spec.d_head // 2) + _positional_width(spec)  # after SCRATCH and PREV2 (when planted)
     feat = slice(start, start + _N_FEAT)
     f = spec.token_features
     w_e[:, start] = torch.tensor(f.separator)
@@ -509,7 +577,7 @@ def planted_model(
 def random_placements(
     n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False,
     sink: bool = False, dormant: bool = False, subword_merge: bool = False, delimiter: bool = False,
-    rare_token: bool = False,
+    rare_token: bool = False, relative_position: bool = False, ngram_induction: bool = False,
 ) -> dict[str, Head]:
     """Random distinct head placements with the previous-token head below the induction head.
 
@@ -524,6 +592,10 @@ def random_placements(
             ordinary / near-zero output).
         subword_merge, delimiter, rare_token: also place these token-feature heads (any layer;
             the spec then needs ``token_features``).
+        relative_position: also place a relative-position head (any layer).
+        ngram_induction: also place an n-gram induction head, above both the previous-token
+            head and a relative-position head (placed too; plant it with ``relative_offset=2``).
+            These draws come after all others, so the other placements do not move.
     """
     if n_layers < 2:
         raise ValueError("placements with an induction head need at least 2 layers")
@@ -546,4 +618,27 @@ def random_placements(
         if not free:
             raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {['previous_token', 'induction', *extra]}")
         out[role] = free[pick(0, len(free))]
+    _place_positional(out, n_layers, n_heads, pick, relative_position or ngram_induction, ngram_induction)
     return out
+
+
+def _place_positional(out: dict[str, Head], n_layers: int, n_heads: int, pick: Any, relative: bool, ngram: bool) -> None:
+    """Add relative-position (and n-gram induction) heads to ``out`` in free slots."""
+    if not relative:
+        return
+    taken = set(out.values())
+    # under an n-gram head the relative head must leave a layer above it (and above the
+    # previous-token head) with a free slot
+    hi = n_layers - 1 if ngram else n_layers
+    free = [(ll, hh) for ll in range(hi) for hh in range(n_heads) if (ll, hh) not in taken]
+    if ngram:
+        free = [p for p in free if any((ll, hh) not in taken for ll in range(max(p[0], out["previous_token"][0]) + 1,
+                                                                             n_layers) for hh in range(n_heads))]
+    if not free:
+        raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {[*out, 'relative_position']}")
+    out["relative_position"] = free[pick(0, len(free))]
+    if ngram:
+        lo = max(out["previous_token"][0], out["relative_position"][0]) + 1
+        taken = set(out.values())
+        free = [(ll, hh) for ll in range(lo, n_layers) for hh in range(n_heads) if (ll, hh) not in taken]
+        out["ngram_induction"] = free[pick(0, len(free))]
