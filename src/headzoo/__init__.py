@@ -44,6 +44,7 @@ from headzoo._ordinal import ORDINAL_LISTS, OrdinalTask, ordinal_tasks
 from headzoo._ordinal import as_tasks as as_ordinal_tasks
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
+from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
 from headzoo._runner import detect
 from headzoo._viz import AttentionView, attention_view
@@ -91,6 +92,11 @@ __all__ = [
     "ORDINAL_LISTS",
     "ordinal_tasks",
     "as_ordinal_tasks",
+    "RelationList",
+    "RelationPairs",
+    "relation_lists",
+    "relation_pairs",
+    "relation_survival",
     "get_detector",
     "list_detectors",
     "list_models",
