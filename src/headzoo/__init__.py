@@ -50,6 +50,7 @@ from headzoo._ordinal import as_tasks as as_ordinal_tasks
 from headzoo._probe_text import TextProbe
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
+from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
 from headzoo._runner import detect
 from headzoo._viz import AttentionView, attention_view
@@ -103,6 +104,11 @@ __all__ = [
     "ORDINAL_LISTS",
     "ordinal_tasks",
     "as_ordinal_tasks",
+    "RelationList",
+    "RelationPairs",
+    "relation_lists",
+    "relation_pairs",
+    "relation_survival",
     "get_detector",
     "list_detectors",
     "list_models",

@@ -48,6 +48,11 @@ written by the position embedding.
 - subword-merge head: a previous-token query, plus a large term on word-start queries that
   matches ``is position 0``: continuation pieces attend to the piece before them, word starts
   park on the first token.
+- relation head: attends to its own position, and its OV circuit (token code in, ``OUT`` out)
+  is the least-squares map sending the code of each source of ``relation_pairs`` to the code
+  of its target (exact when the sources' codes are linearly independent, so for at most
+  ``d_head // 2`` sources): attending to ``France`` raises ``Paris``. It draws no random
+  numbers, so planting it changes no other weight.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ __all__ = ["PlantSpec", "TokenFeatures", "features_from_tokenizer", "planted_mod
 Head = tuple[int, int]
 
 _ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant",
-          "subword_merge", "delimiter", "rare_token")
+          "subword_merge", "delimiter", "rare_token", "relation")
 #: roles built by :func:`_plant_positional` (relative position and n-gram induction)
 _POSITIONAL_ROLES = ("relative_position", "ngram_induction")
 #: the roles that read token features (``PlantSpec.token_features``) from the ``FEAT`` dimensions
@@ -98,6 +103,10 @@ class PlantSpec:
         gain: attention logit margin of the planted heads (larger = sharper patterns).
         noise: scale of the random heads' query/key weights (their patterns' sharpness).
         attn_only: leave out the MLPs.
+        relation: ``(layer, head)`` of a planted relation head, or ``None``.
+        relation_pairs: ``(source, target)`` id pairs the relation head maps (sources distinct,
+            source != target). ``None``: ``min(d_head // 4, (d_vocab - 2) // 2)`` pairs from the
+            top of the vocabulary, ``(v - 2m + i) -> (v - m + i)``.
     """
 
     n_layers: int = 2
@@ -125,6 +134,8 @@ class PlantSpec:
     gain: float = 30.0
     noise: float = 1.0
     attn_only: bool = False
+    relation: Head | None = None
+    relation_pairs: tuple[tuple[int, int], ...] | None = None
     _planted: dict[str, Head] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +177,8 @@ class PlantSpec:
             if flat and not all(0 <= t < self.d_vocab for t in flat):
                 raise ValueError(f"successor_sequences hold ids outside [0, {self.d_vocab - 1}]")
             object.__setattr__(self, "successor_sequences", seqs)
+        if self.relation_pairs is not None:
+            object.__setattr__(self, "relation_pairs", _check_relation_pairs(self.relation_pairs, self.d_vocab))
         object.__setattr__(self, "_planted", planted)
 
     @property
@@ -174,6 +187,15 @@ class PlantSpec:
         if self.successor_sequences is not None:
             return self.successor_sequences
         return (tuple(range(min(2, self.d_vocab - 2), min(self.d_vocab, 12))),)
+
+    @property
+    def relations(self) -> tuple[tuple[int, int], ...]:
+        """The relation head's ``(source, target)`` pairs in use (the default when none were given)."""
+        if self.relation_pairs is not None:
+            return self.relation_pairs
+        v = self.d_vocab
+        m = max(1, min(self.d_head // 4, (v - 2) // 2))
+        return tuple((v - 2 * m + i, v - m + i) for i in range(m))
 
     @property
     def planted(self) -> dict[str, Head]:
@@ -192,6 +214,28 @@ class PlantSpec:
             act_fn="gelu", normalization_type=None, attn_only=self.attn_only,
             positional_embedding_type="standard", default_prepend_bos=True,
         )
+
+
+def _check_relation_pairs(pairs: Any, d_vocab: int) -> tuple[tuple[int, int], ...]:
+    """``relation_pairs`` as int tuples: in the vocabulary, source != target, sources distinct
+    (a linear map sends one code to one place)."""
+    out = tuple((int(s), int(t)) for s, t in pairs)
+    if not out:
+        raise ValueError("relation_pairs needs at least one (source, target) pair")
+    bad = [p for p in out if not (0 <= p[0] < d_vocab and 0 <= p[1] < d_vocab) or p[0] == p[1]]
+    if bad:
+        raise ValueError(f"relation_pairs {bad[:3]} are outside [0, {d_vocab - 1}] or map a token to itself")
+    sources = [s for s, _ in out]
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"relation_pairs need distinct sources (one target each); got {out}")
+    return out
+
+
+def _relation_map(spec: PlantSpec, codes: torch.Tensor) -> torch.Tensor:
+    """``[c, c]`` least-squares ``A`` with ``codes[source] @ A = codes[target]`` for every pair."""
+    sources = [s for s, _ in spec.relations]
+    targets = [t for _, t in spec.relations]
+    return torch.linalg.pinv(codes[sources].double()) @ codes[targets].double()
 
 
 def _token_codes(n: int, c: int, g: torch.Generator) -> torch.Tensor:
@@ -383,6 +427,10 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 _plant_sink(sd, layer, head, w_k, w_o, pcodes[0], q_scale, scratch, quiet=role == "dormant", seed=spec.seed)
             elif role in _POSITIONAL_ROLES:
                 _plant_positional(spec, role, head, w_q, w_k, w_o, rot, q_scale)
+            elif role == "relation":  # attends to its own position, writes the source's target
+                w_q[head, pos, :c] = q_scale * eye
+                w_k[head, pos, :c] = eye
+                w_o[head, :c, out] = _relation_map(spec, codes).float()
         p = f"blocks.{layer}."
         sd.update({
             p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
@@ -578,11 +626,14 @@ def random_placements(
     n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False,
     sink: bool = False, dormant: bool = False, subword_merge: bool = False, delimiter: bool = False,
     rare_token: bool = False, relative_position: bool = False, ngram_induction: bool = False,
+    relation: bool = False,
 ) -> dict[str, Head]:
     """Random distinct head placements with the previous-token head below the induction head.
 
     Args:
         duplicate_token: also place a duplicate-token head (needs ``d_head >= 32``).
+        relation: also place a relation head (drawn after the other roles of this list, so
+            they stay where they are drawn without it).
         weights: also place the heads that weight-based detectors find: ``copying``,
             ``successor`` and ``copy_suppression``. The copy-suppression head goes no later
             than the induction and copying heads: after them it would attend to what they
@@ -606,7 +657,8 @@ def random_placements(
     # the constrained roles first, so small models still have room for them
     extra = (["copy_suppression", "copying"] if weights else []) + (["duplicate_token"] if duplicate_token else []) + (
         ["successor"] if weights else []) + (["sink"] if sink else []) + (["dormant"] if dormant else []) + [
-        role for role, on in (("subword_merge", subword_merge), ("delimiter", delimiter), ("rare_token", rare_token)) if on]
+        role for role, on in (("subword_merge", subword_merge), ("delimiter", delimiter), ("rare_token", rare_token),
+                              ("relation", relation)) if on]
     for role in extra:
         lo, hi = 0, n_layers
         if role == "copy_suppression":
