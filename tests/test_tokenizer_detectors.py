@@ -455,3 +455,23 @@ def test_the_conformance_suite_passes(name):
     report = check_detector(name)
     assert report.passed == list(RULES)
     assert all("bpe" in m for m in report.models)  # the word-tokenizer defaults were refused, as they must be
+
+
+def test_the_real_gpt2_vocabulary_is_read_as_byte_level_bpe():
+    from _gpt2 import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    tables = hz.vocab_tables(tok, len(tok))
+    assert tables.convention == "byte_bpe"
+    assert tables.special.nonzero().flatten().tolist() == [tok.eos_token_id]
+    ids = tok("The ferryman rang, unimaginably: Phosphorescence \u2014 12.5%!", add_special_tokens=False)["input_ids"]
+    row = torch.tensor([ids])
+    pieces = tok.convert_ids_to_tokens(ids)
+    word, in_word = tables.words(row)
+    spelled: dict[int, str] = {}
+    for piece, w, inside in zip(pieces, word[0].tolist(), in_word[0].tolist()):
+        if inside:
+            spelled[w] = spelled.get(w, "") + piece.removeprefix("Ġ")
+    assert list(spelled.values()) == ["The", "ferryman", "rang", "unimaginably", "Phosphorescence", "12", "5"]
+    separators = [tok.decode([i]).strip() for i, flag in zip(ids, tables.punctuation[row[0]].tolist()) if flag]
+    assert separators == [",", ":", "\u2014", ".", "%", "!"]
