@@ -18,7 +18,7 @@ import abc
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Int
@@ -58,7 +58,10 @@ class Probe(abc.ABC):
 PROBES: dict[str, type[Probe]] = {}
 
 
-def register_probe(cls: type[Probe]) -> type[Probe]:
+_P = TypeVar("_P", bound=type[Probe])
+
+
+def register_probe(cls: _P) -> _P:
     """Class decorator: make a probe available to detectors under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, Probe)) or not isinstance(getattr(cls, "name", None), str):
         raise TypeError(f"register_probe expects a Probe subclass with a `name`; got {cls!r}")

@@ -42,7 +42,7 @@ from headzoo._registry import detector_class, registered_names
 from headzoo._results import HeadScores
 from headzoo._tokens import Padded, as_prompts, check_bool, check_int, pad_right
 
-__all__ = ["detect", "run_detectors", "select_detectors", "read_patterns", "PROBE_OPTIONS"]
+__all__ = ["detect", "run_detectors", "select_detectors", "read_patterns", "probe_options"]
 
 
 
@@ -50,8 +50,6 @@ def probe_options() -> set[str]:
     """Every option name some registered probe takes."""
     return {f.name for cls in PROBES.values() for f in dataclasses.fields(cast(Any, cls))}
 
-
-PROBE_OPTIONS = probe_options()  # the built-in probes' options (plugins' are read at call time)
 _RUNNER_OPTIONS = {"progress", "baseline", "baseline_models"}
 
 
