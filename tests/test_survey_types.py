@@ -47,14 +47,17 @@ def test_each_detector_finds_its_own_head_among_every_type(seed):
         def score(name, role):
             return float(frame.loc[(name, *at[role]), "score"])
 
-        def top(name):
-            part = frame.loc[name]["score"].sort_values(ascending=False)
+        def top(name, ignore=()):
+            part = frame.loc[name]["score"].drop(index=[at[r] for r in ignore]).sort_values(ascending=False)
             return part.index[0], float(part.iloc[0]), float(part.iloc[1])
 
-        for name, role in [("previous_token", "previous_token"), ("induction", "induction"), ("dormant", "dormant"),
-                           ("subword_merge", "subword_merge"), ("delimiter", "delimiter"),
-                           ("ngram_induction", "ngram_induction"), ("rare_token", "rare_token")]:
-            head, first, second = top(name)
+        # an n-gram induction head is also an induction head on [BOS] r r (the two tokens before
+        # an earlier copy match too); the converse is what ngram_induction must refuse
+        for name, role, ignore in [("previous_token", "previous_token", ()), ("induction", "induction", ("ngram_induction",)),
+                                   ("dormant", "dormant", ()), ("subword_merge", "subword_merge", ()),
+                                   ("delimiter", "delimiter", ()), ("ngram_induction", "ngram_induction", ()),
+                                   ("rare_token", "rare_token", ())]:
+            head, first, second = top(name, ignore)
             assert head == at[role], (backend, name, head, at[role], frame.loc[name].nlargest(3, "score"))
             assert first > threshold[name] and first - second > 0.3, (backend, name, first, second)
         # heads of other types stay under each detector's threshold
