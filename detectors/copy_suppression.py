@@ -40,6 +40,7 @@ class CopySuppression(hz.WeightDetector):
     """
 
     name = "copy_suppression"
+    stage = "expression preparation"
     description = "Attends to tokens the model predicts and lowers their logits (negative copying)."
     reference = "McDougall et al. 2023, Copy Suppression, arXiv 2310.04625"
     variant = "min(OV: own logit in bottom k of W_EE W_OV W_U; QK: W_U query ranks own W_EE key top k); k=10"

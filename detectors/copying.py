@@ -49,6 +49,7 @@ class Copying(_OVCopying):
     Ties count against the head."""
 
     name = "copying"
+    stage = "expression preparation"
     description = "Its OV circuit raises the logit of the token it attends to (name movers, induction)."
     reference = "Wang et al. 2022 (IOI name movers), arXiv 2211.00593; Olsson et al. 2022"
     variant = "own token in top k=5 of W_EE W_OV W_U over the vocabulary; share of sampled tokens"
@@ -62,6 +63,7 @@ class NegativeCopying(_OVCopying):
     ``W_EE[t] W_OV W_U``; ``rank0``: share where it is the minimum. Ties count against."""
 
     name = "negative_copying"
+    stage = "expression preparation"
     description = "Its OV circuit lowers the logit of the token it attends to (negative name movers)."
     reference = "Wang et al. 2022 (IOI negative name movers), arXiv 2211.00593"
     variant = "own token in bottom k=5 of W_EE W_OV W_U over the vocabulary; share of sampled tokens"

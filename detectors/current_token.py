@@ -15,6 +15,7 @@ class CurrentToken(hz.PositionalDetector):
     """Mean over queries ``q >= 1`` of the diagonal ``A[q, q]`` (query 0 has no choice)."""
 
     name = "current_token"
+    stage = "in-context identification"
     description = "Attends from each token to itself."
     reference = "headzoo shared/DETECTORS.md section 7 (cheap extras)"
     variant = "mean over queries q>=1 of A[q, q]"

@@ -21,6 +21,7 @@ class DuplicateToken(hz.PatternDetector):
     queries that have one (the stripe at offset ``-n`` on the probe)."""
 
     name = "duplicate_token"
+    stage = "in-context identification"
     description = "Attends from a token to earlier occurrences of the same token."
     reference = "Wang et al. 2022, Interpretability in the Wild (IOI), arXiv 2211.00593"
     variant = "attention on earlier copies of the query token, mean over queries with a copy"

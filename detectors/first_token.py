@@ -20,6 +20,7 @@ class FirstToken(hz.PositionalDetector):
     """Mean over queries ``q >= 1`` of ``A[q, 0]``."""
 
     name = "first_token"
+    stage = "in-context identification"
     description = "Attention sink: attends to the first position (usually BOS)."
     reference = "Xiao et al. 2023, Efficient Streaming Language Models with Attention Sinks, arXiv 2309.17453"
     variant = "mean over queries q>=1 of A[q, 0]"

@@ -27,6 +27,7 @@ class Induction(hz.PatternDetector):
     """
 
     name = "induction"
+    stage = "latent reasoning"
     description = "Attends to the token after an earlier copy of the current token (and copies it)."
     reference = "Olsson et al. 2022, In-context Learning and Induction Heads, arXiv 2209.11895"
     variant = "stripe: attention on k with tok[k-1]==tok[q], mean over queries with such k; copying: OV eigenvalue ratio"

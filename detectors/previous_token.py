@@ -23,6 +23,7 @@ class PreviousToken(hz.PositionalDetector):
     """
 
     name = "previous_token"
+    stage = "in-context identification"
     description = "Attends from each token to the token right before it."
     reference = "Elhage et al. 2021, A Mathematical Framework for Transformer Circuits"
     variant = "mean over queries q>=1 of A[q, q-1]; plus score_exclude_bos"

@@ -42,6 +42,7 @@ class Retrieval(hz.Detector):
     """
 
     name = "retrieval"
+    stage = "in-context identification"
     description = "While the model copies a needle out of a long context, it attends to the token being copied."
     reference = "Wu, Wang, Xiao, Peng, Fu 2024, Retrieval Head Mechanistically Explains Long-Context Factuality, arXiv 2404.15574"
     variant = (

@@ -36,6 +36,7 @@ class Successor(hz.WeightDetector):
     """
 
     name = "successor"
+    stage = "latent reasoning"
     description = "Its OV circuit maps an ordinal token to its successor (Monday -> Tuesday)."
     reference = "Gould, Ong, Ogden, Conmy 2023, Successor Heads, arXiv 2312.09230"
     variant = "argmax of W_EE[t] W_OV W_U over the task's tokens == successor(t); hit rate over pairs"

@@ -5,11 +5,15 @@
 
 from importlib import metadata as _metadata  # noqa: E402
 
-from headzoo import patching  # noqa: E402  (the hz.patching namespace)
+from headzoo import (
+    _probe_sequences,  # noqa: F401  (registers the random, long and n-gram probes)
+    patching,  # noqa: E402  (the hz.patching namespace)
+)
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
 from headzoo._detector import (
+    STAGES,
     Detector,
     DetectorOutput,
     Metrics,
@@ -36,18 +40,21 @@ from headzoo._errors import (
     NonFiniteError,
     UnknownDetectorError,
     UnsupportedModelError,
+    UnsupportedTokenizerError,
 )
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
 from headzoo._ordinal import ORDINAL_LISTS, OrdinalTask, ordinal_tasks
 from headzoo._ordinal import as_tasks as as_ordinal_tasks
+from headzoo._probe_text import TextProbe
 from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
 from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
 from headzoo._runner import detect
 from headzoo._viz import AttentionView, attention_view
+from headzoo._vocab import VocabTables, token_counts, vocab_tables
 from headzoo._zoo import list_models, load_model
 
 try:  # the installed distribution's version, so it cannot drift from pyproject.toml
@@ -56,6 +63,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "STAGES",
     "Detector",
     "PatternDetector",
     "PositionalDetector",
@@ -63,6 +71,10 @@ __all__ = [
     "DetectorOutput",
     "Metrics",
     "RepeatedTokens",
+    "TextProbe",
+    "VocabTables",
+    "vocab_tables",
+    "token_counts",
     "NeedleHaystack",
     "NeedleTrials",
     "NeedleRun",
@@ -114,6 +126,7 @@ __all__ = [
     "ModelNotFoundError",
     "UnknownDetectorError",
     "UnsupportedModelError",
+    "UnsupportedTokenizerError",
     "ConformanceError",
     "CorruptFileError",
     "EmptyResultError",

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headzoo._detector import Detector, PatternDetector
+from headzoo._detector import STAGES, Detector, PatternDetector
 from headzoo._errors import (
     DetectorNotApplicableError,
     InvalidOptionError,
@@ -136,6 +136,7 @@ class PageDetector:
     kind: str | None
     variant: str | None
     reference: str | None
+    stage: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -449,13 +450,13 @@ class HeadAtlas(Result):
         model = self.meta["model"]
         detector_meta = self.scores.meta["detectors"]
         detectors = []
-        for name in self.scores.detectors:
+        for name in _by_stage(self.scores.detectors, detector_meta):
             d = detector_meta[name]
             threshold = d.get("threshold")
             detectors.append(PageDetector(
                 name=name,
                 threshold=None if threshold is None else _finite(threshold, f"the threshold of detector {name!r}"),
-                kind=d.get("kind"), variant=d.get("variant"), reference=d.get("reference"),
+                kind=d.get("kind"), variant=d.get("variant"), reference=d.get("reference"), stage=d.get("stage"),
             ))
         patterns = self.example_patterns
         return AtlasPayload(
@@ -688,10 +689,16 @@ def build_atlas(
     return atlas
 
 
-def _unit_options(unit: list[Detector]) -> set[str]:
-    from headzoo._runner import PROBE_OPTIONS
+def _by_stage(names: list[str], detector_meta: Mapping[str, Any]) -> list[str]:
+    """Detector names in the survey's stage order (unstaged last), keeping their order within a stage."""
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    return sorted(names, key=lambda n: order.get(detector_meta[n].get("stage"), len(order)))
 
-    names = set(PROBE_OPTIONS) if any(isinstance(d, PatternDetector) for d in unit) else set()
+
+def _unit_options(unit: list[Detector]) -> set[str]:
+    from headzoo._runner import probe_options
+
+    names = probe_options() if any(isinstance(d, PatternDetector) for d in unit) else set()
     for d in unit:
         names |= {f.name for f in dataclasses.fields(d)}  # type: ignore[arg-type]
     return names - {"seed"}

@@ -22,9 +22,19 @@ from jaxtyping import Bool, Float, Int
 
 from headzoo._errors import InvalidOptionError
 
-__all__ = ["Detector", "PatternDetector", "PositionalDetector", "WeightDetector", "DetectorOutput", "Measure", "Metrics"]
+__all__ = ["STAGES", "Stage", "Detector", "PatternDetector", "PositionalDetector", "WeightDetector", "DetectorOutput", "Measure", "Metrics"]
 
 Measure = Literal["match", "transformer_lens"]
+
+Stage = Literal["knowledge recalling", "in-context identification", "latent reasoning", "expression preparation"]
+
+#: The four stages of the survey's framework (Zheng et al. 2024, Attention Heads of Large
+#: Language Models, arXiv 2409.03752), in the order a model goes through them: recall what it
+#: knows, identify structure in the context, reason over it, prepare the output.
+STAGES: tuple[Stage, ...] = typing.get_args(Stage)
+
+#: Extra per-layer activations a pattern detector may ask for (see ``PatternDetector.reads``).
+READS = ("out_norm",)
 
 #: metric name -> (per-prompt values ``[batch, head]``, which prompts count ``[batch]``)
 Metrics = dict[str, tuple[Float[torch.Tensor, "batch head"], Bool[torch.Tensor, " batch"]]]
@@ -40,6 +50,7 @@ class Detector(abc.ABC):
         variant: which variant of the definition is implemented.
         threshold: conventional "this head is one" threshold on ``score``, or ``None``.
         kind: ``"pattern"`` (scored from attention patterns) or ``"weights"`` (from weights).
+        stage: which of the survey's four stages (:data:`STAGES`) the head type serves.
     """
 
     name: ClassVar[str]
@@ -50,6 +61,7 @@ class Detector(abc.ABC):
     #: ``(low, high)`` every score lies in, checked by ``headzoo.testing.check_detector``
     score_range: ClassVar[tuple[float, float] | None] = None
     kind: ClassVar[str]
+    stage: ClassVar[Stage | None] = None
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -69,6 +81,7 @@ class Detector(abc.ABC):
         return {
             "name": self.name,
             "kind": self.kind,
+            "stage": self.stage,
             "variant": self.variant,
             "reference": self.reference,
             "threshold": self.threshold,
@@ -168,6 +181,22 @@ class PatternDetector(Detector):
     score_range = (0.0, 1.0)  # a share of attention, whichever measure
     #: whether :meth:`match` reads token identities (False: positions only)
     needs_tokens: ClassVar[bool] = True
+    #: the probe (a key of ``headzoo._probes.PROBES``) scored when the user gives no tokens;
+    #: every detector naming the same probe shares its prompts and its forward passes
+    probe: ClassVar[str] = "repeated_tokens"
+    #: extra activations :meth:`reduce` receives as keywords, from :data:`READS`:
+    #: ``"out_norm"``: ``[batch, head, query]``, the norm of each head's output ``z @ W_O``
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    def bind(self, model: Any, info: Any) -> PatternDetector:
+        """This detector ready for ``model``: called once per ``hz.detect`` before :meth:`match`.
+
+        The default returns ``self``. A detector that needs tables derived from the model (its
+        tokenizer's word starts, punctuation, token frequencies) returns a copy carrying them
+        (``new = dataclasses.replace(self); object.__setattr__(new, "_table", t)``) and raises
+        :class:`~headzoo.UnsupportedTokenizerError` when the model's tokenizer cannot serve.
+        """
+        return self
 
     @abc.abstractmethod
     def match(self, tokens: Int[torch.Tensor, "batch pos"]) -> Bool[torch.Tensor, "batch query key"]:
@@ -178,7 +207,10 @@ class PatternDetector(Detector):
         pattern: Float[torch.Tensor, "batch head query key"],
         match: Bool[torch.Tensor, "batch query key"],
     ) -> Metrics:
-        """Reduce one layer's patterns to per-prompt, per-head metrics (``score`` at least)."""
+        """Reduce one layer's patterns to per-prompt, per-head metrics (``score`` at least).
+
+        Detectors that declare :attr:`reads` receive those activations as keywords too.
+        """
         return {"score": self._measure(pattern, match, self.exclude_bos, self.exclude_current_token)}
 
     def _measure(

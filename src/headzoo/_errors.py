@@ -14,6 +14,7 @@ __all__ = [
     "InvalidOptionError",
     "MissingHooksError",
     "UnsupportedModelError",
+    "UnsupportedTokenizerError",
     "ModelNotFoundError",
     "DetectorNotApplicableError",
     "InvalidCacheError",
@@ -84,6 +85,11 @@ class ModelNotFoundError(HeadzooError, LookupError):
 
 class DetectorNotApplicableError(HeadzooError, ValueError):
     """A detector that cannot score this model (e.g. no ordinal task its tokenizer expresses)."""
+
+
+class UnsupportedTokenizerError(DetectorNotApplicableError):
+    """A tokenizer-aware detector given a model whose tokenizer it cannot read (none, whole-word
+    vocabulary where pieces are needed, or an unknown piece convention)."""
 
 
 class InvalidCacheError(HeadzooError, ValueError):

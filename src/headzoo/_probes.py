@@ -1,5 +1,11 @@
 """Probes: token batches that make a head type show itself.
 
+Every pattern detector names the probe it is scored on when the user gives no tokens
+(``PatternDetector.probe``); the runner builds each named probe once per ``hz.detect`` call
+and runs one forward pass per batch for all the detectors that share it. A probe is a frozen
+dataclass whose fields are its options (``n_prompts``, ``batch_size``, ``seed`` and
+``prepend_bos`` mean the same everywhere), registered in :data:`PROBES` under its name.
+
 The repeated-random-token probe (Olsson et al. 2022; Elhage et al. 2021) is ``[BOS] r r``:
 ``n`` tokens drawn without replacement, then the same tokens again. A duplicate-token head
 attends from the second copy of a token to the first; an induction head attends to the token
@@ -8,10 +14,11 @@ attends from the second copy of a token to the first; an induction head attends 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Int
@@ -20,11 +27,51 @@ from headzoo._errors import InvalidOptionError
 from headzoo._models import ModelInfo
 from headzoo._tokens import check_bool, check_int, ordinary_ids
 
-__all__ = ["RepeatedTokens"]
+__all__ = ["PROBES", "Probe", "RepeatedTokens", "register_probe"]
 
 
+class Probe(abc.ABC):
+    """Abstract base of every probe (subclasses are frozen dataclasses; fields are options).
+
+    Class attributes:
+        name: the key detectors use in ``PatternDetector.probe``.
+    """
+
+    name: ClassVar[str]
+    n_prompts: int
+    batch_size: int
+
+    @abc.abstractmethod
+    def prompts(self, model: Any, info: ModelInfo) -> list[Int[torch.Tensor, " pos"]]:
+        """Every prompt, on the CPU (lengths may differ; the runner batches and pads them).
+
+        Raises:
+            DetectorNotApplicableError: the model cannot hold this probe (says why).
+        """
+
+    @abc.abstractmethod
+    def metadata(self, model: Any, info: ModelInfo) -> dict[str, Any]:
+        """JSON-ready description of the prompts, with ``"kind"`` set to :attr:`name`."""
+
+
+#: probe name -> class; :func:`register_probe` adds to it
+PROBES: dict[str, type[Probe]] = {}
+
+
+def register_probe(cls: type[Probe]) -> type[Probe]:
+    """Class decorator: make a probe available to detectors under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Probe)) or not isinstance(getattr(cls, "name", None), str):
+        raise TypeError(f"register_probe expects a Probe subclass with a `name`; got {cls!r}")
+    existing = PROBES.get(cls.name)
+    if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"a probe named {cls.name!r} is already registered ({existing.__qualname__})")
+    PROBES[cls.name] = cls
+    return cls
+
+
+@register_probe
 @dataclass(frozen=True)
-class RepeatedTokens:
+class RepeatedTokens(Probe):
     """The repeated-random-token probe.
 
     Attributes:
@@ -35,6 +82,8 @@ class RepeatedTokens:
         seed: seeds the token draws (the generator is private; global RNG is untouched).
         prepend_bos: put the model's BOS first; ``None`` follows the model.
     """
+
+    name: ClassVar[str] = "repeated_tokens"
 
     n_prompts: int = 16
     half_len: int | None = None
@@ -94,7 +143,10 @@ class RepeatedTokens:
     def n_batches(self) -> int:
         return math.ceil(self.n_prompts / self.batch_size)
 
-    def metadata(self, info: ModelInfo) -> dict[str, Any]:
+    def prompts(self, model: Any, info: ModelInfo) -> list[Int[torch.Tensor, " pos"]]:
+        return [row for batch in self.batches(info) for row in batch]
+
+    def metadata(self, model: Any, info: ModelInfo) -> dict[str, Any]:
         half, bos, candidates = self.resolve(info)
         return {"kind": "repeated_random_tokens", **asdict(self), "half_len": half, "prepend_bos": bos,
                 "n_candidate_tokens": int(len(candidates))}

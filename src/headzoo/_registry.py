@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from headzoo._detector import Detector
+from headzoo._detector import READS, STAGES, Detector, PatternDetector
 from headzoo._errors import (
     DetectorDefinitionError,
     DuplicateDetectorError,
@@ -132,6 +132,15 @@ def _check_definition(klass: Any) -> None:
             raise DetectorDefinitionError(f"{klass.__name__} must declare a non-empty `{attr}` string.")
     if not klass.name.isidentifier():
         raise DetectorDefinitionError(f"detector name {klass.name!r} must be a valid identifier (snake_case).")
+    stage = getattr(klass, "stage", None)
+    if stage is not None and stage not in STAGES:
+        raise DetectorDefinitionError(
+            f"{klass.__name__}.stage = {stage!r} is not one of the survey's four stages {list(STAGES)} (or None)."
+        )
+    if issubclass(klass, PatternDetector):
+        unknown = sorted(set(klass.reads) - set(READS))
+        if unknown:
+            raise DetectorDefinitionError(f"{klass.__name__}.reads names {unknown}; a pattern detector can read {list(READS)}.")
     if getattr(klass, "__abstractmethods__", None):
         raise DetectorDefinitionError(f"{klass.__name__} does not implement {sorted(klass.__abstractmethods__)}.")
 
@@ -264,7 +273,9 @@ def get_detector(name: str, **options: Any) -> Detector:
 def list_detectors() -> pd.DataFrame:
     """Every registered detector, one row each.
 
-    Columns: ``name, description, kind, variant, reference, threshold, options, source``.
+    Columns: ``name, description, kind, stage, probe, variant, reference, threshold, options,
+    source``: ``stage`` is one of the survey's four (:data:`hz.STAGES`); ``probe`` names the
+    probe a pattern detector is scored on when no tokens are given (``None`` for others).
     """
     _discover()
     rows = []
@@ -276,11 +287,12 @@ def list_detectors() -> pd.DataFrame:
             if f.default is not dataclasses.MISSING
         }
         rows.append({
-            "name": name, "description": cls.description, "kind": cls.kind, "variant": cls.variant,
+            "name": name, "description": cls.description, "kind": cls.kind, "stage": cls.stage,
+            "probe": cls.probe if issubclass(cls, PatternDetector) else None, "variant": cls.variant,
             "reference": cls.reference, "threshold": cls.threshold, "options": defaults,
             "source": _SOURCES.get(name, ""),
         })
-    columns = ["name", "description", "kind", "variant", "reference", "threshold", "options", "source"]
+    columns = ["name", "description", "kind", "stage", "probe", "variant", "reference", "threshold", "options", "source"]
     return pd.DataFrame(rows, columns=columns)
 
 

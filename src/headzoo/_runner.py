@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headzoo._baseline import add_z_scores, init_scheme, random_twin
 from headzoo._circuits import WeightCircuits
 from headzoo._detector import Detector, DetectorOutput, PatternDetector, WeightDetector
 from headzoo._errors import (
+    DetectorDefinitionError,
     DetectorNotApplicableError,
     EmptyResultError,
     InvalidCacheError,
@@ -34,16 +36,23 @@ from headzoo._errors import (
     UnsupportedModelError,
 )
 from headzoo._forward import check_finite, hook_name, run
-from headzoo._models import ModelInfo, library_versions, model_info
-from headzoo._probes import RepeatedTokens
+from headzoo._models import ModelInfo, head_weights, library_versions, model_info
+from headzoo._probes import PROBES, Probe, RepeatedTokens
 from headzoo._registry import detector_class, registered_names
 from headzoo._results import HeadScores
-from headzoo._tokens import Padded, as_prompts, check_bool, pad_right
+from headzoo._tokens import Padded, as_prompts, check_bool, check_int, pad_right
 
 __all__ = ["detect", "run_detectors", "select_detectors", "read_patterns", "PROBE_OPTIONS"]
 
-PROBE_OPTIONS = {f.name for f in dataclasses.fields(RepeatedTokens)}
-_RUNNER_OPTIONS = {"progress"}
+
+
+def probe_options() -> set[str]:
+    """Every option name some registered probe takes."""
+    return {f.name for cls in PROBES.values() for f in dataclasses.fields(cast(Any, cls))}
+
+
+PROBE_OPTIONS = probe_options()  # the built-in probes' options (plugins' are read at call time)
+_RUNNER_OPTIONS = {"progress", "baseline", "baseline_models"}
 
 
 def detect(
@@ -67,8 +76,11 @@ def detect(
             scores are then read from it without running the model. Needs ``tokens`` for
             detectors that compare token identities.
         **options: probe options (``n_prompts``, ``half_len``, ``batch_size``, ``seed``,
-            ``prepend_bos``), ``progress`` (bool), and detector options (e.g. ``measure``,
-            ``exclude_bos``), applied to every selected detector that has them.
+            ``prepend_bos``, and those of the other probes, see ``hz.list_detectors()["probe"]``),
+            ``progress`` (bool), ``baseline`` (bool: also score ``baseline_models``, default 3,
+            randomly initialised copies of the model and add ``baseline_mean``,
+            ``baseline_std`` and ``z`` columns; see ``headzoo._baseline``), and detector options
+            (e.g. ``measure``, ``exclude_bos``), applied to every selected detector that has them.
 
     Returns:
         :class:`HeadScores` with one row per (detector, layer, head).
@@ -90,14 +102,22 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
     reported) instead of raising, as when every registered detector runs."""
     info = model_info(model)
     check_finite(model)
+    baseline = check_bool(options.pop("baseline", False), "baseline")
+    n_null = check_int(options.pop("baseline_models", 3), "baseline_models", minimum=2)
+    if baseline and cache is not None and tokens is None:
+        raise InvalidOptionError(
+            "baseline=True with a cache needs the tokens too: the random copies of the model are run on them "
+            "(the cache belongs to this model only). Pass tokens=..., or drop baseline."
+        )
     selected = select_detectors(detectors, options)
-    probe = RepeatedTokens(**{k: v for k, v in options.items() if k in PROBE_OPTIONS})
+    chosen = list(selected)
     progress = options.get("progress")
     if progress is not None:
         check_bool(progress, "progress")
-    patterned = [d for d in selected if isinstance(d, PatternDetector)]
     metrics: dict[str, dict[str, torch.Tensor]] = {}
     skipped: dict[str, str] = {}
+    probes_used: dict[str, dict[str, Any]] = {}
+    probe_of: dict[str, str] = {}
 
     def skip(det: Detector, exc: Exception) -> None:
         # Running every registered detector: one that cannot apply to this model (or these
@@ -106,17 +126,27 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
         skipped[det.name] = str(exc)
         selected.remove(det)
 
-    if patterned:
-        if cache is not None:
-            batches, source = _cache_batches(model, info, cache, tokens, patterned)
-        elif tokens is not None:
-            token_batches, source = _user_batches(model, info, tokens, probe.batch_size)
-            batches = ((t, None) for t in token_batches)
-        else:
-            batches = ((pad_right(list(t)), None) for t in probe.batches(info))
-            source = probe.metadata(info)
-        scored_metrics, scored = _score_patterns(model, info, patterned, batches, source, progress)
-        for det in patterned:
+    patterned: list[PatternDetector] = []
+    for det in list(selected):
+        if isinstance(det, PatternDetector):
+            try:
+                bound = det.bind(model, info)
+            except DetectorNotApplicableError as exc:
+                if explicit:
+                    raise
+                skip(det, exc)
+                continue
+            if not isinstance(bound, type(det)):
+                raise InvalidScoresError(f"{type(det).__name__}.bind must return a {type(det).__name__}; got {type(bound).__name__}")
+            selected[selected.index(det)] = bound
+            patterned.append(bound)
+
+    for group, batches, source in _pattern_groups(model, info, patterned, tokens, cache, options, explicit, skip):
+        scored_metrics, scored = _score_patterns(model, info, group, batches, source, progress)
+        key = source.get("probe_name", source["kind"])
+        probes_used[key] = {k: v for k, v in source.items() if k != "probe_name"}
+        for det in group:
+            probe_of[det.name] = key
             if not bool((scored[det.name] > 0).any()):
                 exc = EmptyResultError(
                     f"{det.name}: no query in the {source.get('n_prompts', '?')} prompt(s) (lengths "
@@ -129,6 +159,8 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
                 skip(det, exc)
             else:
                 metrics[det.name] = scored_metrics[det.name]
+    if probes_used:
+        source = probes_used.get("repeated_tokens", next(iter(probes_used.values())))
     else:
         source = {"kind": "weights"}
     circuits: WeightCircuits | None = None
@@ -163,13 +195,52 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
         "model": info.config_dict(),
         "model_config_hash": info.config_hash(),
         "versions": library_versions(),
-        "detectors": {d.name: {**d.metadata(), **({"result": results[d.name]} if d.name in results else {})} for d in selected},
+        "detectors": {
+            d.name: {
+                **d.metadata(),
+                **({"probe": probe_of[d.name]} if d.name in probe_of else {}),
+                **({"result": results[d.name]} if d.name in results else {}),
+            }
+            for d in selected
+        },
         "probe": source,
+        "probes": probes_used,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if skipped:
         meta["skipped_detectors"] = skipped
-    return HeadScores(_to_frame(metrics, selected), meta, details=details)
+    frame = _to_frame(metrics, selected)
+    if baseline:
+        frame, meta["baseline"] = _null_baseline(model, [d for d in chosen if d.name in metrics], tokens, n_null, frame, options)
+    return HeadScores(frame, meta, details=details)
+
+
+def _null_baseline(
+    model: Any, detectors: list[Detector], tokens: Any, n_models: int, frame: pd.DataFrame, options: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Score ``n_models`` randomly initialised copies of ``model`` with the same detectors,
+    options and prompts, and add ``baseline_mean``, ``baseline_std`` and ``z`` to ``frame``."""
+    nulls: list[pd.DataFrame] = []
+    skipped: dict[str, str] = {}
+    show = options.get("progress")
+    for seed in tqdm(range(n_models), desc="headzoo baseline", unit="model", disable=not show, leave=False):
+        twin = random_twin(model, seed)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a detector that cannot score a random model is recorded below
+                null = run_detectors(twin, detectors, tokens=tokens, cache=None, explicit=False, **options)
+        finally:
+            del twin
+        nulls.append(null.to_frame())
+        skipped.update(null.meta.get("skipped_detectors", {}))
+    meta = {
+        "n_models": n_models,
+        "seeds": list(range(n_models)),
+        "init": init_scheme(model),
+        "pooling": "per detector and layer, over heads and random models; z = (score - mean) / std",
+        **({"not_scored_on_random_models": skipped} if skipped else {}),
+    }
+    return add_z_scores(frame, nulls), meta
 
 
 def select_detectors(detectors: Any, options: dict[str, Any]) -> list[Detector]:
@@ -198,7 +269,7 @@ def select_detectors(detectors: Any, options: dict[str, Any]) -> list[Detector]:
     if dupes:
         raise InvalidOptionError(f"detector(s) {dupes} selected more than once")
     fields_of = {c.name: {f.name for f in dataclasses.fields(c)} for c in classes}  # type: ignore[arg-type]
-    known = PROBE_OPTIONS | _RUNNER_OPTIONS | set().union(*fields_of.values())
+    known = probe_options() | _RUNNER_OPTIONS | set().union(*fields_of.values())
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidOptionError(
@@ -210,6 +281,55 @@ def select_detectors(detectors: Any, options: dict[str, Any]) -> list[Detector]:
         # dataclasses.fields above already required a dataclass, which the Detector ABC cannot say
         selected.append(dataclasses.replace(cast(Any, c), **mine) if isinstance(c, Detector) else c(**mine))
     return selected
+
+
+def _pattern_groups(
+    model: Any, info: ModelInfo, patterned: list[PatternDetector], tokens: Any, cache: Any,
+    options: dict[str, Any], explicit: bool, skip: Any,
+) -> Iterator[tuple[list[PatternDetector], Iterable[tuple[Padded, Any]], dict[str, Any]]]:
+    """``(detectors, batches, source)`` per forward-pass group: the user's cache or tokens feed
+    every pattern detector; otherwise detectors that name the same probe share its prompts."""
+    if not patterned:
+        return
+    if cache is not None:
+        batches, source = _cache_batches(model, info, cache, tokens, patterned)
+        yield patterned, batches, source
+        return
+    if tokens is not None:
+        batch_size = check_int(options.get("batch_size", RepeatedTokens.batch_size), "batch_size", minimum=1)
+        token_batches, source = _user_batches(model, info, tokens, batch_size)
+        yield patterned, ((t, None) for t in token_batches), source
+        return
+    by_probe: dict[str, list[PatternDetector]] = {}
+    for det in patterned:
+        by_probe.setdefault(det.probe, []).append(det)
+    for name, group in by_probe.items():
+        cls = PROBES.get(name)
+        if cls is None:
+            raise DetectorDefinitionError(
+                f"{[d.name for d in group]} name the probe {name!r}, which is not registered; the probes are "
+                f"{sorted(PROBES)}. Register it with headzoo._probes.register_probe."
+            )
+        fields = {f.name for f in dataclasses.fields(cast(Any, cls))}
+        probe: Probe = cls(**{k: v for k, v in options.items() if k in fields})
+        try:
+            prompts = probe.prompts(model, info)
+            source = probe.metadata(model, info)
+        except DetectorNotApplicableError as exc:
+            if explicit:
+                raise
+            for det in group:
+                skip(det, DetectorNotApplicableError(f"{det.name}: its probe {name!r} cannot be built: {exc}"))
+            continue
+        if not prompts:
+            raise EmptyResultError(f"the probe {name!r} produced no prompts for this model")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        batches = [
+            pad_right([prompts[i] for i in order[k : k + probe.batch_size]])
+            for k in range(0, len(order), probe.batch_size)
+        ]
+        source = {**source, "probe_name": name, "n_prompts": len(prompts), "lengths": sorted({len(p) for p in prompts})}
+        yield group, ((b, None) for b in batches), source
 
 
 def _user_batches(model: Any, info: ModelInfo, tokens: Any, batch_size: int) -> tuple[list[Padded], dict]:
@@ -256,15 +376,17 @@ def _check_probabilities(layer: int, pattern: torch.Tensor) -> None:
 
 def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detectors: list[PatternDetector]) -> tuple[Any, dict]:
     names = [hook_name("pattern", layer) for layer in range(info.n_layers)]
+    z_names = [hook_name("z", layer) for layer in range(info.n_layers)]
+    wanted = names + (z_names if any(d.reads for d in detectors) else [])
     try:
-        missing = [n for n in names if n not in cache]
+        missing = [n for n in wanted if n not in cache]
     except TypeError:
         raise InvalidOptionError(f"cache must be an ActivationCache or dict; got {type(cache).__name__}") from None
     if missing:
         raise MissingHooksError(
             f"the cache lacks {len(missing)} hook(s) the pattern detectors need: {missing}. Make it "
             "with `_, cache = model.run_with_cache(tokens, names_filter=lambda name: "
-            "name.endswith('hook_pattern'))` (or without names_filter to keep everything)."
+            "name.endswith(('hook_pattern', 'hook_z')))` (or without names_filter to keep everything)."
         )
 
     def patterns(layer: int) -> torch.Tensor:
@@ -272,6 +394,22 @@ def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detecto
         if not isinstance(p, torch.Tensor):
             raise InvalidCacheError(f"the cache's {names[layer]} is a {type(p).__name__}, not a tensor")
         return p if p.ndim == 4 else p.unsqueeze(0)
+
+    def layer_acts(layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if len(wanted) == len(names):
+            return patterns(layer), None
+        z = cache[z_names[layer]]
+        if not isinstance(z, torch.Tensor) or z.ndim not in (3, 4):
+            raise InvalidCacheError(f"the cache's {z_names[layer]} is not a [batch, pos, head, d_head] tensor")
+        if z.ndim == 3 and z.shape[-1] % info.n_heads == 0 and z.shape[-1] != info.d_head:
+            z = z.unflatten(-1, (info.n_heads, -1))  # bridges cache it flattened: [batch, pos, head * d_head]
+        z = z if z.ndim == 4 else z.unsqueeze(0)
+        if tuple(z.shape[:3]) != (shape[0], shape[2], info.n_heads):
+            raise InvalidCacheError(
+                f"the cache's {z_names[layer]} has shape {tuple(z.shape)}; it must be [batch={shape[0]}, "
+                f"pos={shape[2]}, head={info.n_heads}, d_head] like the patterns"
+            )
+        return patterns(layer), z
 
     shape = tuple(patterns(0).shape)
     for layer in range(info.n_layers):
@@ -301,7 +439,7 @@ def _cache_batches(model: Any, info: ModelInfo, cache: Any, tokens: Any, detecto
             )
         _check_cache_belongs(model, info, ids, patterns(0))
     source = {"kind": "user_cache", "n_prompts": int(shape[0]), "lengths": [int(shape[2])], "verified": tokens is not None}
-    return iter([(pad_right(list(ids)), patterns)]), source
+    return iter([(pad_right(list(ids)), layer_acts)]), source
 
 
 def _check_cache_belongs(model: Any, info: ModelInfo, ids: torch.Tensor, cached0: torch.Tensor) -> None:
@@ -351,18 +489,41 @@ def _score_patterns(
     counts: dict[tuple[str, str], torch.Tensor] = {}
     n_layers, n_heads = info.n_layers, info.n_heads
 
-    def accumulate(layer: int, pattern: torch.Tensor, groups: list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]]) -> None:
+    needs_z = any(d.reads for d in detectors)
+    grams: dict[int, torch.Tensor] = {}
+
+    def out_norm(layer: int, z: torch.Tensor) -> torch.Tensor:
+        """``[batch, head, query]`` norms of ``z @ W_O`` per head, through the ``d_head x d_head``
+        Gram matrix ``W_O W_O^T`` so no ``[batch, head, query, d_model]`` tensor is formed."""
+        if layer not in grams:
+            w_o = head_weights(model, "O", layer).float()  # [head, d_head, d_model]
+            grams[layer] = torch.einsum("hdm,hem->hde", w_o, w_o).to(z.device)
+        zf = z.detach().float()
+        if zf.ndim == 3:  # bridges hand the attention output before W_O flattened: [batch, pos, head * d_head]
+            zf = zf.unflatten(-1, (n_heads, -1))
+        return torch.einsum("bqhd,hde,bqhe->bhq", zf, grams[layer], zf).clamp_min(0).sqrt()
+
+    def accumulate(
+        layer: int, pattern: torch.Tensor, groups: list[tuple[torch.Tensor, int, dict[str, torch.Tensor]]],
+        z: torch.Tensor | None = None,
+    ) -> None:
         if pattern.ndim != 4 or pattern.shape[1] != n_heads or pattern.shape[-1] != pattern.shape[-2]:
             raise UnsupportedModelError(
                 f"{hook_name('pattern', layer)} has shape {tuple(pattern.shape)}; headzoo needs "
                 f"[batch, {n_heads}, pos, pos] attention patterns"
             )
         p = pattern.detach().float()
+        norms = out_norm(layer, z) if needs_z and z is not None else None
         for rows, length, matches in groups:
             # pads sit after each row's real tokens: crop them away, so no detector ever sees one
-            part = p if length == p.shape[-1] and len(rows) == p.shape[0] else p[rows.to(p.device)][:, :, :length, :length]
+            whole = length == p.shape[-1] and len(rows) == p.shape[0]
+            part = p if whole else p[rows.to(p.device)][:, :, :length, :length]
+            extras: dict[str, torch.Tensor] = {}
+            if norms is not None:
+                extras["out_norm"] = norms if whole else norms[rows.to(norms.device)][:, :, :length]
             for det in detectors:
-                for metric, (values, valid) in det.reduce(part, matches[det.name]).items():
+                kwargs = {k: v for k, v in extras.items() if k in det.reads}
+                for metric, (values, valid) in det.reduce(part, matches[det.name], **kwargs).items():
                     _check_reduced(det, metric, values, valid, part.shape[0], n_heads)
                     key = (det.name, metric)
                     if key not in sums:
@@ -386,11 +547,14 @@ def _score_patterns(
                     groups.append((rows, length, {d.name: d.match(sub) for d in detectors}))
                 if cached is not None:
                     for layer in range(n_layers):
-                        pattern = cached(layer)
+                        pattern, z = cached(layer)
                         _check_probabilities(layer, pattern)
-                        accumulate(layer, pattern.to(device), groups)
+                        accumulate(layer, pattern.to(device), groups, None if z is None else z.to(device))
                 else:
-                    read_patterns(model, info, ids_dev, lambda layer, p, groups=groups: accumulate(layer, p, groups))
+                    read_patterns(
+                        model, info, ids_dev, lambda layer, p, z=None, groups=groups: accumulate(layer, p, groups, z),
+                        with_z=needs_z,
+                    )
                 bar.update(batch.ids.shape[0])
     finally:
         bar.close()
@@ -412,16 +576,30 @@ def _score_patterns(
     return out, scored
 
 
-def read_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor, reduce: Any) -> None:
-    """Run ``model`` on ``tokens``, handing each layer's pattern to ``reduce(layer, pattern)``.
+def read_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor, reduce: Any, *, with_z: bool = False) -> None:
+    """Run ``model`` on ``tokens``, handing each layer's pattern to ``reduce(layer, pattern)``
+    (``reduce(layer, pattern, z)`` with ``with_z``: ``z`` is ``hook_z``, ``[batch, pos, head, d_head]``).
 
-    The pass stops right after the last attention layer: no MLP after it, no logits.
+    The pass stops right after the last attention layer's last hook read: no MLP after it, no logits.
     """
-    def hand(layer: int) -> Any:
-        return lambda pattern: reduce(layer, pattern)
+    if not with_z:
+        def hand(layer: int) -> Any:
+            return lambda pattern: reduce(layer, pattern)
 
-    names = {hook_name("pattern", layer): hand(layer) for layer in range(info.n_layers)}
-    run(model, tokens, read=names, stop_after=hook_name("pattern", info.n_layers - 1))
+        names = {hook_name("pattern", layer): hand(layer) for layer in range(info.n_layers)}
+        run(model, tokens, read=names, stop_after=hook_name("pattern", info.n_layers - 1))
+        return
+    held: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int) -> Any:
+        return lambda pattern: held.__setitem__(layer, pattern)
+
+    def hand_z(layer: int) -> Any:
+        return lambda z: reduce(layer, held.pop(layer), z)  # hook_z fires after hook_pattern in a layer
+
+    names = {hook_name("pattern", layer): keep(layer) for layer in range(info.n_layers)}
+    names.update({hook_name("z", layer): hand_z(layer) for layer in range(info.n_layers)})
+    run(model, tokens, read=names, stop_after=hook_name("z", info.n_layers - 1))
 
 
 def _check_output(det: Detector, metrics: dict[str, Any], info: ModelInfo, what: str) -> None:

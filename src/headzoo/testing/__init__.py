@@ -22,20 +22,27 @@ from headzoo.testing._conformance import (
 )
 from headzoo.testing._planted import (
     PlantSpec,
+    TokenFeatures,
+    features_from_tokenizer,
     planted_model,
     planted_state_dict,
     random_placements,
 )
-from headzoo.testing._tokenizer import word_tokenizer
+from headzoo.testing._tokenizer import bpe_tokenizer, sentencepiece_tokenizer, word_tokenizer, wordpiece_tokenizer
 
 __all__ = [
     "RULES",
     "ConformanceReport",
     "PlantSpec",
     "RuleResult",
+    "TokenFeatures",
+    "bpe_tokenizer",
     "check_detector",
+    "features_from_tokenizer",
     "planted_model",
     "planted_state_dict",
     "random_placements",
+    "sentencepiece_tokenizer",
     "word_tokenizer",
+    "wordpiece_tokenizer",
 ]

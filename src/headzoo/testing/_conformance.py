@@ -22,7 +22,7 @@ import tempfile
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -35,9 +35,10 @@ from headzoo._errors import (
     DetectorNotApplicableError,
     HeadzooError,
     InvalidOptionError,
+    UnsupportedTokenizerError,
 )
 from headzoo._models import model_info
-from headzoo._probes import RepeatedTokens
+from headzoo._probes import PROBES
 from headzoo._registry import (
     _REGISTRY,
     detector_class,
@@ -64,7 +65,7 @@ RULES: tuple[str, ...] = (
 _DECLARED = ("name", "description", "reference", "variant", "threshold", "kind")
 _META_KEYS = ("name", "kind", "variant", "reference", "threshold", "options")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-_PROBE_FIELDS = {f.name for f in dataclasses.fields(RepeatedTokens)}
+_PROBE_FIELDS = {f.name for cls in PROBES.values() for f in dataclasses.fields(cast(Any, cls))}
 #: probe options of the conformance runs: few prompts (fast), more than one batch's worth
 _PROBE_DEFAULTS = {"n_prompts": 4, "batch_size": 4}
 _ATOL = 1e-6
@@ -145,7 +146,7 @@ def _fail(rule: str, message: str) -> typing.NoReturn:
 
 # -- the default models ----------------------------------------------------------------------
 
-_MODELS: dict[tuple[int, int], tuple[Any, dict[str, str], dict[str, tuple[Any, ...]]]] = {}
+_MODELS: dict[tuple[Any, ...], tuple[Any, dict[str, str], dict[str, tuple[Any, ...]]]] = {}
 
 
 def _warm_up(model: Any) -> None:
@@ -156,7 +157,7 @@ def _warm_up(model: Any) -> None:
         model(torch.zeros(1, 2, dtype=torch.long, device=info.device))
 
 
-def _default_model(n_layers: int, n_heads: int) -> Any:
+def _default_model(n_layers: int, n_heads: int, tokenizer: Literal["word", "bpe"] = "word") -> Any:
     """A planted model with previous-token and induction heads and a word tokenizer that spells
     the days of the week (so the built-in ordinal lists apply).
 
@@ -164,8 +165,14 @@ def _default_model(n_layers: int, n_heads: int) -> Any:
     changed its weights or left hooks on it. (No planted successor head: it writes into the
     subspace the unembedding reads and would drown the induction head's copying, which the
     retrieval detector needs to see needles retrieved.)
+
+    With ``tokenizer="bpe"`` the model reads a byte-level BPE tokenizer trained on the shipped
+    text instead (``headzoo.testing.bpe_tokenizer(300)``): the default for tokenizer-aware
+    detectors that cannot use a whole-word vocabulary (their ``bind`` raises
+    ``hz.UnsupportedTokenizerError`` on the word model).
     """
-    if (n_layers, n_heads) not in _MODELS:
+    key: tuple[Any, ...] = (n_layers, n_heads) if tokenizer == "word" else (n_layers, n_heads, tokenizer)
+    if key not in _MODELS:
         from headzoo.testing._planted import PlantSpec, planted_model
         from headzoo.testing._tokenizer import word_tokenizer
 
@@ -173,10 +180,17 @@ def _default_model(n_layers: int, n_heads: int) -> Any:
             n_layers=n_layers, n_heads=n_heads, d_head=32, d_vocab=len(_WORDS) + 2, n_ctx=32,
             previous_token=(0, 0), induction=(1, 1), seed=0,
         )
-        model = planted_model(spec, tokenizer=word_tokenizer(list(_WORDS)), name=f"conformance-{n_layers}x{n_heads}")
+        if tokenizer == "word":
+            model = planted_model(spec, tokenizer=word_tokenizer(list(_WORDS)), name=f"conformance-{n_layers}x{n_heads}")
+        else:
+            from headzoo.testing._tokenizer import bpe_tokenizer
+
+            tok = bpe_tokenizer(300)
+            spec = dataclasses.replace(spec, d_vocab=len(tok))
+            model = planted_model(spec, tokenizer=tok, name=f"conformance-{tokenizer}-{n_layers}x{n_heads}")
         _warm_up(model)
-        _MODELS[(n_layers, n_heads)] = (model, _model_digest(model), _hook_state(model, with_global=False))
-    return _MODELS[(n_layers, n_heads)][0]
+        _MODELS[key] = (model, _model_digest(model), _hook_state(model, with_global=False))
+    return _MODELS[key][0]
 
 
 def _release_default_models() -> None:
@@ -379,9 +393,15 @@ def _non_default(det: Detector) -> tuple[Detector | None, dict[str, Any]]:
     return dataclasses.replace(det, **changes), changes  # type: ignore[type-var]
 
 
-def _probe_tokens(model: Any, probe: dict[str, Any]) -> torch.Tensor:
-    """The first batch of the repeated-token probe ``[batch, pos]``."""
-    return next(iter(RepeatedTokens(**probe).batches(model_info(model))))
+def _probe_tokens(model: Any, probe: dict[str, Any], name: str = "repeated_tokens") -> torch.Tensor:
+    """The first batch ``[batch, pos]`` of the named probe (prompts cut to the shortest one)."""
+    info = model_info(model)
+    cls = PROBES[name]
+    fields = {f.name for f in dataclasses.fields(cast(Any, cls))}
+    inst = cls(**{k: v for k, v in probe.items() if k in fields})
+    prompts = inst.prompts(model, info)[: inst.batch_size]
+    n = min(len(p) for p in prompts)
+    return torch.stack([p[:n] for p in prompts])
 
 
 def _random_patterns(batch: int, n_heads: int, seq: int, seed: int) -> torch.Tensor:
@@ -501,7 +521,11 @@ def _check_direct(rule_checks: set[str], det: Detector, model: Any, probe: dict[
     direct = None
     shape_on = "score_shape" in rule_checks
     if isinstance(det, PatternDetector):
-        tokens = _probe_tokens(model, probe).to(info.device)
+        try:
+            det = det.bind(model, info)
+        except Exception as exc:
+            _fail("score_shape", f"{name}.bind(model, info) raised {type(exc).__name__}: {exc} {where}.")
+        tokens = _probe_tokens(model, probe, det.probe).to(info.device)
         batch, seq = tokens.shape
         before = tokens.clone()
         try:
@@ -525,8 +549,11 @@ def _check_direct(rule_checks: set[str], det: Detector, model: Any, probe: dict[
         pattern = _random_patterns(batch, H, seq, seed=1).to(info.device)
         pattern_before = pattern.clone()
         match_before = match.clone() if isinstance(match, torch.Tensor) else match
+        extras = {}
+        if "out_norm" in det.reads:
+            extras["out_norm"] = torch.rand(batch, H, seq, generator=torch.Generator().manual_seed(2)).to(info.device)
         try:
-            metrics = det.reduce(pattern, match)
+            metrics = det.reduce(pattern, match, **extras)
         except Exception as exc:
             _fail("score_shape", f"{name}.reduce(pattern [{batch}, {H}, {seq}, {seq}], match) raised "
                                  f"{type(exc).__name__}: {exc}.")
@@ -843,9 +870,17 @@ def _resolve(detector: Any, options: dict[str, Any]) -> tuple[type, Detector | N
     return cls, given, det_opts, probe
 
 
-def _models(model: Any) -> tuple[list[Any], bool]:
+def _models(model: Any, det: Detector | None = None) -> tuple[list[Any], bool]:
     if model is None:
-        return [_default_model(*shape) for shape in _SHAPES], True
+        models = [_default_model(*shape) for shape in _SHAPES]
+        if isinstance(det, PatternDetector):
+            try:
+                det.bind(models[0], model_info(models[0]))
+            except UnsupportedTokenizerError:  # e.g. subword_merge: a whole-word vocabulary has no pieces
+                models = [_default_model(*shape, tokenizer="bpe") for shape in _SHAPES]
+            except Exception:  # not this function's rule: score_shape reports it
+                pass
+        return models, True
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if not models:
         raise InvalidOptionError("check_detector: model=[] holds no model; pass a model, a list of models, or None.")
@@ -895,7 +930,9 @@ def check_detector(
         detector: a detector class, an instance, or a registered name.
         model: a TransformerLens model, or a list of them. ``None`` (default): two small planted
             models (2 x 3 and 3 x 2 heads with previous-token and induction heads, and a word
-            tokenizer that spells the days of the week), so a transposed score cannot pass.
+            tokenizer that spells the days of the week), so a transposed score cannot pass. A
+            pattern detector whose ``bind`` refuses that tokenizer (``hz.UnsupportedTokenizerError``)
+            gets the same two models with a byte-level BPE tokenizer instead.
         options: the detector's options (e.g. ``{"n_tokens": 64}``) and probe options for pattern
             detectors (``n_prompts``, ``half_len``, ``batch_size``, ``seed``, ``prepend_bos``;
             default ``n_prompts=4, batch_size=4``).
@@ -942,7 +979,7 @@ def check_detector(
     if "declared_fields" in wanted and (given is not None or det_opts):
         _check_instance(det, "the instance checked")
     done("declared_fields", "frozen dataclass; name, description, kind, reference, variant, threshold; options hashable and JSON-ready")
-    models, default = _models(model)
+    models, default = _models(model, det)
     described = tuple(_describe(m) for m in models)
     try:
         guard = _Guard(det, models, wanted)
@@ -969,7 +1006,7 @@ def check_detector(
             detail = _check_batching(det, first, probe, guard, base) if "batch_size_invariance" in wanted else ""
             done("batch_size_invariance", detail)
             if isinstance(det, PatternDetector) and "no_mutation" in wanted:
-                tokens = _probe_tokens(first, probe)
+                tokens = _probe_tokens(first, probe, det.probe)
                 before = tokens.clone()
                 _run_detect("no_mutation", det, first, guard, "on the user's tokens", tokens=tokens)
                 if not torch.equal(tokens, before):

@@ -22,6 +22,32 @@ heads around them can have any attention pattern without breaking the planted ci
 - copy-suppression head: its query reads ``OUT`` (the unembedding of what earlier heads
   predict), its key the token code, so it attends to the predicted token; its OV circuit is
   minus the copying circuit, lowering that token's logit.
+- sink head: a constant query (its bias) matches position 0's code, so every query parks its
+  attention on the first token; it writes into ``SCRATCH`` as strongly as a random head.
+- dormant head: the same attention, but an output ``10**-3`` as large: a no-op, as the
+  active-dormant heads of Guo et al. 2024 are on inputs where they rest on the sink.
+- relative-position head (offset ``k``): the previous-token construction with the rotation
+  applied ``k`` times, so it attends to position ``q - k``; it copies the token code into
+  ``SCRATCH``, or into ``PREV2`` when an n-gram induction head needs it (``k = 2``).
+- n-gram induction head (n = 2): its query reads ``TOK`` and ``PREV`` (the current and the
+  previous token), its key reads ``PREV`` and ``PREV2`` (the two tokens before the key), so it
+  attends to the position whose previous two tokens equal the query's last two; it copies the
+  attended token into ``OUT``. ``PREV2`` is a sixth subspace, appended only when this head is
+  planted; the relative-position head with offset 2 writes it.
+
+Token-feature heads (planted only with ``token_features`` from a real tokenizer, see
+:func:`features_from_tokenizer`) read four extra residual dimensions ``FEAT`` after
+``SCRATCH`` (and ``PREV2``), present only when one of them is planted: ``is separator``, ``rarity`` (scaled
+``-log frequency``) and ``is word start`` written by the embedding, and ``is position 0``
+written by the position embedding.
+
+- delimiter head: a constant query (its bias) against keys that read ``is separator``: it
+  spreads its attention over the separators in context.
+- rare-token head: a constant query against keys that read ``rarity``: its strongest
+  attention goes to the rarest token in context.
+- subword-merge head: a previous-token query, plus a large term on word-start queries that
+  matches ``is position 0``: continuation pieces attend to the piece before them, word starts
+  park on the first token.
 - relation head: attends to its own position, and its OV circuit (token code in, ``OUT`` out)
   is the least-squares map sending the code of each source of ``relation_pairs`` to the code
   of its target (exact when the sources' codes are linearly independent, so for at most
@@ -39,11 +65,18 @@ import torch
 
 from headzoo._backends import Backend, build_model
 
-__all__ = ["PlantSpec", "planted_model", "planted_state_dict", "random_placements"]
+__all__ = ["PlantSpec", "TokenFeatures", "features_from_tokenizer", "planted_model", "planted_state_dict", "random_placements"]
 
 Head = tuple[int, int]
 
-_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "relation")
+_ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant",
+          "subword_merge", "delimiter", "rare_token", "relation")
+#: roles built by :func:`_plant_positional` (relative position and n-gram induction)
+_POSITIONAL_ROLES = ("relative_position", "ngram_induction")
+#: the roles that read token features (``PlantSpec.token_features``) from the ``FEAT`` dimensions
+_TOKEN_ROLES = ("subword_merge", "delimiter", "rare_token")
+#: ``FEAT`` dimensions: is separator, rarity, is word start (embedding), is position 0 (position embedding)
+_N_FEAT = 4
 
 
 @dataclass(frozen=True)
@@ -52,12 +85,20 @@ class PlantSpec:
 
     Attributes:
         n_layers, n_heads, d_head, d_vocab, n_ctx: the architecture. ``d_model`` follows as
-            ``5 * (d_head // 2)``.
-        previous_token, induction, duplicate_token, copying, successor, copy_suppression:
-            ``(layer, head)`` of each planted head, or ``None`` to leave it out. The induction
+            ``5 * (d_head // 2)`` (``6 * (d_head // 2)`` with an n-gram induction head).
+        previous_token, induction, duplicate_token, copying, successor, copy_suppression, sink,
+            dormant: ``(layer, head)`` of each planted head, or ``None`` to leave it out. The induction
             head needs a previous-token head in an earlier layer.
+        relative_position: a head attending ``relative_offset`` positions back.
+        relative_offset: its offset (``>= 1``; 1 is what a previous-token head does).
+        ngram_induction: an n-gram (n = 2) induction head; needs ``previous_token`` and
+            ``relative_position`` with ``relative_offset=2`` in earlier layers.
         successor_sequences: token-id sequences the successor head advances along (ids must be
             distinct across sequences). ``None``: one sequence ``2, 3, ..., 11`` (shorter in tiny vocabularies).
+        subword_merge, delimiter, rare_token: ``(layer, head)`` of the token-feature heads (any
+            layer); they need ``token_features``, and add 4 dimensions to ``d_model``.
+        token_features: per-id features of a tokenizer (:func:`features_from_tokenizer`), one
+            value per id of the ``d_vocab``-sized vocabulary.
         seed: seeds every random weight and code.
         gain: attention logit margin of the planted heads (larger = sharper patterns).
         noise: scale of the random heads' query/key weights (their patterns' sharpness).
@@ -79,6 +120,15 @@ class PlantSpec:
     copying: Head | None = None
     successor: Head | None = None
     copy_suppression: Head | None = None
+    sink: Head | None = None
+    dormant: Head | None = None
+    subword_merge: Head | None = None
+    delimiter: Head | None = None
+    rare_token: Head | None = None
+    token_features: TokenFeatures | None = None
+    relative_position: Head | None = None
+    relative_offset: int = 2
+    ngram_induction: Head | None = None
     successor_sequences: tuple[tuple[int, ...], ...] | None = None
     seed: int = 0
     gain: float = 30.0
@@ -95,7 +145,7 @@ class PlantSpec:
             raise ValueError("need n_layers >= 1, n_heads >= 1, n_ctx >= 4 and d_vocab >= 2")
         planted = {
             name: getattr(self, name)
-            for name in _ROLES
+            for name in (*_ROLES, *_POSITIONAL_ROLES)
             if getattr(self, name) is not None
         }
         for name, (layer, head) in planted.items():
@@ -117,6 +167,8 @@ class PlantSpec:
                     "must sit in an earlier layer; got previous_token="
                     f"{self.previous_token}, induction={self.induction}"
                 )
+        _check_token_roles(self, planted)
+        _check_positional(self)
         if self.successor_sequences is not None:
             seqs = tuple(tuple(int(t) for t in seq) for seq in self.successor_sequences)
             flat = [t for seq in seqs for t in seq]
@@ -152,7 +204,7 @@ class PlantSpec:
 
     @property
     def d_model(self) -> int:
-        return 5 * (self.d_head // 2)
+        return 5 * (self.d_head // 2) + _positional_width(self) + _token_feature_dims(self)
 
     def config(self) -> dict[str, Any]:
         """HookedTransformerConfig-style fields of this architecture."""
@@ -240,6 +292,54 @@ def _position_codes(n_ctx: int, c: int, g: torch.Generator) -> tuple[torch.Tenso
     return codes, rot
 
 
+# -- relative-position and n-gram induction heads ------------------------------------------
+
+def _check_positional(spec: PlantSpec) -> None:
+    """Refuse relative-position / n-gram induction placements that cannot work."""
+    k = spec.relative_offset
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < spec.n_ctx:
+        raise ValueError(f"relative_offset must be an integer in [1, n_ctx - 1 = {spec.n_ctx - 1}]; got {k!r}")
+    if spec.ngram_induction is None:
+        return
+    layer = spec.ngram_induction[0]
+    prev, rel = spec.previous_token, spec.relative_position
+    if prev is None or rel is None or prev[0] >= layer or rel[0] >= layer or k != 2:
+        raise ValueError(
+            "an n-gram induction head reads the two previous tokens, written by a previous-token head "
+            "and a relative_position head with relative_offset=2, both in earlier layers; got "
+            f"previous_token={prev}, relative_position={rel} (offset {k}), ngram_induction={spec.ngram_induction}"
+        )
+
+
+def _positional_width(spec: PlantSpec) -> int:
+    """Residual dimensions added after ``SCRATCH``: ``PREV2`` only when an n-gram head is planted."""
+    return spec.d_head // 2 if spec.ngram_induction is not None else 0
+
+
+def _plant_positional(
+    spec: PlantSpec, role: str, head: int, w_q: torch.Tensor, w_k: torch.Tensor, w_o: torch.Tensor,
+    rot: torch.Tensor, q_scale: float,
+) -> None:
+    """Write a relative-position or n-gram induction head into one layer's ``[head, ...]``
+    weights (the value already reads ``TOK``; everything else is zero)."""
+    c = spec.d_head // 2
+    eye = torch.eye(c)
+    tok, pos, prev, out, scratch, prev2 = (slice(i * c, (i + 1) * c) for i in range(6))
+    if role == "relative_position":
+        # P[q] @ rot^k = P[q - k]: the query matches the key k positions back
+        w_q[head, pos, :c] = q_scale * torch.linalg.matrix_power(rot, spec.relative_offset)
+        w_k[head, pos, :c] = eye
+        w_o[head, :c, prev2 if spec.ngram_induction is not None else scratch] = eye
+    elif role == "ngram_induction":
+        # query (tok[q], tok[q-1]) against key (tok[k-1], tok[k-2]): both halves match only where
+        # the key follows the same two tokens; one match (a 1-gram continuation) scores half
+        w_q[head, tok, :c] = q_scale * eye
+        w_q[head, prev, c:] = q_scale * eye
+        w_k[head, prev, :c] = eye
+        w_k[head, prev2, c:] = eye
+        w_o[head, :c, out] = eye
+
+
 def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
     """Canonical (HookedTransformer-named) parameters of the planted model ``spec``."""
     g = torch.Generator().manual_seed(spec.seed)
@@ -275,6 +375,7 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
     w_u = torch.zeros(d, v)
     w_u[out] = codes.T
     w_u[scratch] = 0.1 * torch.randn(c, v, generator=g)  # random heads get random copying scores
+    feat = _write_token_features(spec, w_e, w_pos)
     sd.update({"embed.W_E": w_e, "pos_embed.W_pos": w_pos, "unembed.W_U": w_u, "unembed.b_U": torch.zeros(v)})
     q_scale = spec.gain * math.sqrt(dh)  # TransformerLens divides scores by sqrt(d_head)
     sigma = math.sqrt(0.75 * spec.noise)
@@ -319,6 +420,13 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 w_q[head, out, :c] = q_scale * eye
                 w_k[head, tok, :c] = eye
                 w_o[head, :c, out] = -eye
+            elif role in _TOKEN_ROLES:
+                assert feat is not None  # _write_token_features gives FEAT whenever such a role is planted
+                _plant_token_role(sd, role, layer, head, w_q, w_k, w_o, rot, q_scale, pos, scratch, feat)
+            elif role in ("sink", "dormant"):
+                _plant_sink(sd, layer, head, w_k, w_o, pcodes[0], q_scale, scratch, quiet=role == "dormant", seed=spec.seed)
+            elif role in _POSITIONAL_ROLES:
+                _plant_positional(spec, role, head, w_q, w_k, w_o, rot, q_scale)
             elif role == "relation":  # attends to its own position, writes the source's target
                 w_q[head, pos, :c] = q_scale * eye
                 w_k[head, pos, :c] = eye
@@ -326,7 +434,7 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
         p = f"blocks.{layer}."
         sd.update({
             p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
-            p + "attn.b_Q": torch.zeros(h, dh), p + "attn.b_K": torch.zeros(h, dh),
+            p + "attn.b_Q": sd.pop(p + "attn.b_Q", torch.zeros(h, dh)), p + "attn.b_K": torch.zeros(h, dh),
             p + "attn.b_V": torch.zeros(h, dh), p + "attn.b_O": torch.zeros(d),
         })
         if not spec.attn_only:
@@ -338,6 +446,140 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 p + "mlp.b_in": torch.zeros(d_mlp), p + "mlp.W_out": w_out, p + "mlp.b_out": torch.zeros(d),
             })
     return sd
+
+
+def _plant_sink(
+    sd: dict[str, torch.Tensor], layer: int, head: int, w_k: torch.Tensor, w_o: torch.Tensor,
+    first_code: torch.Tensor, q_scale: float, scratch: slice, *, quiet: bool, seed: int,
+) -> None:
+    """A head whose constant query (the bias ``b_Q``) matches position 0's code: every query
+    attends to the first token. Its output goes to ``SCRATCH`` at a random head's scale, or at
+    ``10**-3`` of it when ``quiet`` (a dormant head)."""
+    c = first_code.shape[0]
+    h, dh = w_k.shape[0], w_k.shape[2]
+    pos = slice(c, 2 * c)
+    w_k[head, pos, :c] = torch.eye(c)
+    b_q = sd.setdefault(f"blocks.{layer}.attn.b_Q", torch.zeros(h, dh))
+    b_q[head, :c] = q_scale * first_code / first_code.norm()
+    g = torch.Generator().manual_seed(seed + 7919 * (layer + 1) + head)  # own stream: other weights unchanged
+    w_o[head, :c, scratch] = (1e-3 if quiet else 0.5) * torch.randn(c, c, generator=g) / math.sqrt(dh)
+
+
+# -- token-feature roles (subword_merge, delimiter, rare_token) ---------------------------------
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """Per-id features of a tokenizer that token-feature heads read (hashable, so a
+    :class:`PlantSpec` holding them can key a cache).
+
+    Attributes:
+        separator: 1.0 for separator ids (punctuation, symbols, line breaks), else 0.0.
+        rarity: ``-log frequency`` (add-one smoothed) scaled to ``[0, 1]``; -1.0 for specials,
+            so a rare-token head never picks them.
+        word_start: 0.0 for pieces marked as continuing a word, else 1.0.
+        source: where the frequencies were counted (for reprs and messages).
+    """
+
+    separator: tuple[float, ...]
+    rarity: tuple[float, ...]
+    word_start: tuple[float, ...]
+    source: str = "shipped"
+
+    def __post_init__(self) -> None:
+        n = {len(self.separator), len(self.rarity), len(self.word_start)}
+        if len(n) != 1:
+            raise ValueError(f"token features must have one value per id each; got lengths {sorted(n)}")
+
+    def __len__(self) -> int:
+        return len(self.separator)
+
+    def __repr__(self) -> str:
+        return f"TokenFeatures({len(self)} ids, frequencies from {self.source!r})"
+
+
+def features_from_tokenizer(tokenizer: Any, frequency: str = "shipped") -> TokenFeatures:
+    """The :class:`TokenFeatures` of ``tokenizer`` as the tokenizer-aware detectors read it:
+    separators and word starts from :func:`headzoo.vocab_tables`, rarity from
+    :func:`headzoo.token_counts` of ``frequency`` (``"shipped"`` or a text file's path).
+
+    Plant with ``PlantSpec(d_vocab=len(tokenizer), token_features=features, ...)`` and build
+    with ``planted_model(spec, tokenizer=tokenizer)``.
+    """
+    from headzoo._vocab import rarity, token_counts, vocab_tables
+
+    n = len(tokenizer)
+    tables = vocab_tables(tokenizer, n, who="features_from_tokenizer")
+    rare = rarity(token_counts(tokenizer, frequency, n)).float()
+    rare[tables.special] = -1.0
+    return TokenFeatures(
+        separator=tuple(tables.punctuation.float().tolist()), rarity=tuple(rare.tolist()),
+        word_start=tuple((~tables.continues).float().tolist()), source=str(frequency),
+    )
+
+
+def _token_feature_dims(spec: PlantSpec) -> int:
+    """Width of ``FEAT``: 0 unless a token-feature role is planted (other models keep their shape)."""
+    return _N_FEAT if any(getattr(spec, r) is not None for r in _TOKEN_ROLES) else 0
+
+
+def _check_token_roles(spec: PlantSpec, planted: dict[str, Head]) -> None:
+    roles = [r for r in _TOKEN_ROLES if r in planted]
+    if spec.token_features is not None and not isinstance(spec.token_features, TokenFeatures):
+        raise ValueError(f"token_features must be a TokenFeatures (see features_from_tokenizer); got {type(spec.token_features).__name__}")
+    if not roles:
+        return
+    if spec.token_features is None:
+        raise ValueError(
+            f"planted {roles} read token features; pass token_features=features_from_tokenizer(tokenizer) "
+            "with d_vocab=len(tokenizer), and build with planted_model(spec, tokenizer=tokenizer)"
+        )
+    if len(spec.token_features) != spec.d_vocab:
+        raise ValueError(
+            f"token_features cover {len(spec.token_features)} ids but d_vocab={spec.d_vocab}; use "
+            "d_vocab=len(tokenizer) for the tokenizer the features came from"
+        )
+
+
+def _write_token_features(spec: PlantSpec, w_e: torch.Tensor, w_pos: torch.Tensor) -> slice | None:
+    """Write ``FEAT`` into the embeddings (in place; only when a token-feature role is planted)."""
+    if not _token_feature_dims(spec):
+        return None
+    assert spec.token_features is not None  # _check_token_roles requires it with these roles
+    start = 5 * (spec.d_head // 2) + _positional_width(spec)  # after SCRATCH and PREV2 (when planted)
+    feat = slice(start, start + _N_FEAT)
+    f = spec.token_features
+    w_e[:, start] = torch.tensor(f.separator)
+    w_e[:, start + 1] = torch.tensor(f.rarity)
+    w_e[:, start + 2] = torch.tensor(f.word_start)
+    w_pos[0, start + 3] = 1.0
+    return feat
+
+
+def _plant_token_role(
+    sd: dict[str, torch.Tensor], role: str, layer: int, head: int, w_q: torch.Tensor, w_k: torch.Tensor,
+    w_o: torch.Tensor, rot: torch.Tensor, q_scale: float, pos: slice, scratch: slice, feat: slice,
+) -> None:
+    """One token-feature head (its weights were zeroed and its value reads the token code).
+    Every such head writes its output into ``SCRATCH``, as a duplicate-token head does."""
+    c = rot.shape[0]
+    h, dh = w_q.shape[0], w_q.shape[2]
+    separator, rarity, word_start, first = (feat.start + i for i in range(_N_FEAT))
+    b_q = sd.setdefault(f"blocks.{layer}.attn.b_Q", torch.zeros(h, dh))
+    if role == "delimiter":  # constant query x "is separator" key: uniform over the separators
+        b_q[head, 0] = q_scale
+        w_k[head, separator, 0] = 1.0
+    elif role == "rare_token":  # constant query x rarity key: the rarest key wins
+        # rarity gaps between rare counts are ~0.05 on the [0, 1] scale: a 10x sharper query
+        # puts most of the attention, not just the argmax, on the rarest key
+        b_q[head, 0] = 10 * q_scale
+        w_k[head, rarity, 0] = 1.0
+    elif role == "subword_merge":
+        w_q[head, pos, :c] = q_scale * rot  # a previous-token query ...
+        w_k[head, pos, :c] = torch.eye(c)
+        # ... plus, on word-start queries, twice that logit towards "is position 0"
+        w_q[head, word_start, c] = 2 * q_scale
+        w_k[head, first, c] = 1.0
+    w_o[head, :c, scratch] = torch.eye(c)
 
 
 def planted_model(
@@ -382,19 +624,29 @@ def planted_model(
 
 def random_placements(
     n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False,
+    sink: bool = False, dormant: bool = False, subword_merge: bool = False, delimiter: bool = False,
+    rare_token: bool = False, relative_position: bool = False, ngram_induction: bool = False,
     relation: bool = False,
 ) -> dict[str, Head]:
     """Random distinct head placements with the previous-token head below the induction head.
 
     Args:
         duplicate_token: also place a duplicate-token head (needs ``d_head >= 32``).
-        relation: also place a relation head (drawn last, so the other placements stay
-            those drawn without it).
+        relation: also place a relation head (drawn after the other roles of this list, so
+            they stay where they are drawn without it).
         weights: also place the heads that weight-based detectors find: ``copying``,
             ``successor`` and ``copy_suppression``. The copy-suppression head goes no later
             than the induction and copying heads: after them it would attend to what they
             predict, which on a repeated-token probe is exactly an induction (or
             duplicate-token) stripe, as a real copy-suppression head does.
+        sink, dormant: also place a sink head / a dormant head (attention on position 0,
+            ordinary / near-zero output).
+        subword_merge, delimiter, rare_token: also place these token-feature heads (any layer;
+            the spec then needs ``token_features``).
+        relative_position: also place a relative-position head (any layer).
+        ngram_induction: also place an n-gram induction head, above both the previous-token
+            head and a relative-position head (placed too; plant it with ``relative_offset=2``).
+            These draws come after all others, so the other placements do not move.
     """
     if n_layers < 2:
         raise ValueError("placements with an induction head need at least 2 layers")
@@ -404,7 +656,9 @@ def random_placements(
     out = {"previous_token": (prev_layer, pick(0, n_heads)), "induction": (pick(prev_layer + 1, n_layers), pick(0, n_heads))}
     # the constrained roles first, so small models still have room for them
     extra = (["copy_suppression", "copying"] if weights else []) + (["duplicate_token"] if duplicate_token else []) + (
-        ["successor"] if weights else []) + (["relation"] if relation else [])
+        ["successor"] if weights else []) + (["sink"] if sink else []) + (["dormant"] if dormant else []) + [
+        role for role, on in (("subword_merge", subword_merge), ("delimiter", delimiter), ("rare_token", rare_token),
+                              ("relation", relation)) if on]
     for role in extra:
         lo, hi = 0, n_layers
         if role == "copy_suppression":
@@ -416,4 +670,27 @@ def random_placements(
         if not free:
             raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {['previous_token', 'induction', *extra]}")
         out[role] = free[pick(0, len(free))]
+    _place_positional(out, n_layers, n_heads, pick, relative_position or ngram_induction, ngram_induction)
     return out
+
+
+def _place_positional(out: dict[str, Head], n_layers: int, n_heads: int, pick: Any, relative: bool, ngram: bool) -> None:
+    """Add relative-position (and n-gram induction) heads to ``out`` in free slots."""
+    if not relative:
+        return
+    taken = set(out.values())
+    # under an n-gram head the relative head must leave a layer above it (and above the
+    # previous-token head) with a free slot
+    hi = n_layers - 1 if ngram else n_layers
+    free = [(ll, hh) for ll in range(hi) for hh in range(n_heads) if (ll, hh) not in taken]
+    if ngram:
+        free = [p for p in free if any((ll, hh) not in taken for ll in range(max(p[0], out["previous_token"][0]) + 1,
+                                                                             n_layers) for hh in range(n_heads))]
+    if not free:
+        raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {[*out, 'relative_position']}")
+    out["relative_position"] = free[pick(0, len(free))]
+    if ngram:
+        lo = max(out["previous_token"][0], out["relative_position"][0]) + 1
+        taken = set(out.values())
+        free = [(ll, hh) for ll in range(lo, n_layers) for hh in range(n_heads) if (ll, hh) not in taken]
+        out["ngram_induction"] = free[pick(0, len(free))]

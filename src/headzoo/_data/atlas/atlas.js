@@ -1,6 +1,7 @@
 /* The head atlas page script. headzoo._atlas inlines it into index.html, so the page opens from
  * file:// with no network. It reads the JSON in the #atlas-data element, an AtlasPayload (see
- * headzoo/_atlas.py): model, detectors [{name, threshold, kind, variant, reference}], scores
+ * headzoo/_atlas.py): model, detectors [{name, threshold, kind, variant, reference, stage}] in the survey's
+ * stage order, scores
  * {detector: [layer][head] score or null}, heads [{layer, head, labels, top_keys, argmax_bos,
  * common_offset, promotes, suppresses}], example {tokens, patterns (base64 uint8), shape}, meta,
  * n_layers, n_heads. Every string it shows goes through textContent (or esc() for plotly labels). */
@@ -20,10 +21,18 @@
     data.model.d_model + ", vocabulary " + data.model.d_vocab + " - " + dets.length + " detectors - headzoo " +
     (data.meta.versions || {}).headzoo + ", created " + data.meta.created;
 
-  // overview heatmaps
+  // overview heatmaps, grouped by the survey's four stages (the payload arrives in stage order)
   const maps = document.getElementById("heatmaps");
+  const stageOf = d => d.stage || "unstaged";
+  let group = null;
   data.detectors.forEach(d => {
-    const div = el("div", undefined, "heatmap"); div.id = "heatmap-" + d.name; maps.appendChild(div);
+    if (!group || group.dataset.stage !== stageOf(d)) {
+      const sec = el("div", undefined, "stage"); sec.dataset.stage = stageOf(d);
+      sec.appendChild(el("h3", stageOf(d)));
+      group = el("div", undefined, "stage-maps"); group.dataset.stage = stageOf(d);
+      sec.appendChild(group); maps.appendChild(sec);
+    }
+    const div = el("div", undefined, "heatmap"); div.id = "heatmap-" + d.name; group.appendChild(div);
     const thr = d.threshold === null ? "none" : d.threshold;
     Plotly.newPlot(div, [{
       type: "heatmap", z: data.scores[d.name], colorscale: BLUES, zmin: 0, zmax: 1, showscale: false,
@@ -38,6 +47,12 @@
   // heads table: search and sort
   const thead = document.querySelector("#heads thead"), tbody = document.querySelector("#heads tbody");
   const cols = [{ key: "head", label: "head" }, { key: "labels", label: "labels" }].concat(dets.map(d => ({ key: d, label: d })));
+  const sr = el("tr", undefined, "stages"); sr.appendChild(el("th")); sr.appendChild(el("th"));
+  data.detectors.forEach((d, i) => {
+    if (i > 0 && stageOf(data.detectors[i - 1]) === stageOf(d)) { sr.lastChild.colSpan += 1; return; }
+    const th = el("th", stageOf(d)); th.colSpan = 1; sr.appendChild(th);
+  });
+  thead.appendChild(sr);
   const hr = el("tr"); cols.forEach(c => { const th = el("th", c.label); th.dataset.key = c.key; hr.appendChild(th); }); thead.appendChild(hr);
   const rows = data.heads.map(h => {
     const tr = el("tr"); tr.dataset.head = headName(h);
