@@ -225,23 +225,31 @@ class Relation(hz.WeightDetector):
         src = torch.tensor([s for _, s, _ in flat])
         tgt = torch.tensor([t for _, _, t in flat])
         sources = torch.unique(src)  # sorted
-        tokens = torch.unique(torch.cat([src, tgt]))  # the relations' own tokens, sorted
         row = torch.searchsorted(sources, src)  # [pair] -> row of its source
-        col = torch.searchsorted(tokens, tgt)  # [pair] -> column of its target among the tokens
-        # within-relation ranking: a pair's competitors are its relation's tokens, less its own
-        # target's column (compared separately) and the other true targets of the same source
-        n_pairs, n_tok = len(flat), len(tokens)
-        rel_tokens = torch.zeros(len(relations), n_tok, dtype=torch.bool)
-        rel_tokens[rel_of, torch.searchsorted(tokens, src)] = True
-        rel_tokens[rel_of, col] = True
-        rivals = rel_tokens[rel_of].clone()  # [pair, token]
-        same = (rel_of[:, None] == rel_of[None, :]) & (src[:, None] == src[None, :])  # [pair, pair]
-        pi, pj = same.nonzero(as_tuple=True)
-        rivals[pi, col[pj]] = False  # every true target of the pair's source, its own included
+        n_pairs = len(flat)
+        # the within-relation ranking: a pair's rivals are its relation's own tokens (sources and
+        # targets), less every true target of its source (its own target is compared apart)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for r, s, t in flat:
+            groups.setdefault((r, s), []).append(t)
+        h = info.n_heads
+        within_chunks = []  # (relation's tokens, [(pairs, their target columns, (row, column) not rivals)])
+        for r in range(len(relations)):
+            index = (rel_of == r).nonzero().squeeze(1)
+            tokens = torch.unique(torch.cat([src[index], tgt[index]]))  # sorted
+            step = max(1, circuits.chunk_bytes // (4 * h * len(tokens)))  # [head, step, token] logits
+            chunks = []
+            for c0 in range(0, len(index), step):
+                ps = index[c0 : c0 + step]
+                true = [torch.searchsorted(tokens, torch.tensor(groups[(r, int(src[p]))])) for p in ps]
+                not_rival = (torch.repeat_interleave(torch.arange(len(ps)), torch.tensor([len(c) for c in true])),
+                             torch.cat(true))
+                chunks.append((ps, torch.searchsorted(tokens, tgt[ps]), not_rival))
+            within_chunks.append((tokens, chunks))
         x = circuits.embedding(sources, self.embedding)
         dev = circuits.device
-        row_d, col_d, rivals_d, tgt_d = row.to(dev), col.to(dev), rivals.to(dev), tgt.to(dev)
-        h, n_src = info.n_heads, len(sources)
+        row_d, tgt_d = row.to(dev), tgt.to(dev)
+        n_src = len(sources)
         # a source with several targets is compared once per target: slot j holds each
         # source's j-th pair, so slot 0 covers every row without copying the logits
         seen: dict[int, int] = {}
@@ -262,13 +270,20 @@ class Relation(hz.WeightDetector):
             for layer in tqdm(range(info.n_layers), desc="headzoo relations", unit="layer", disable=not show, leave=False):
                 v = circuits.ov_values(layer, x)  # [head, source, d_head]: once per layer
                 w_o = _w_o(circuits, layer)  # [head * d_head, d_model]
-                local = _logits(v, w_o, _readout(circuits, tokens.to(dev)))[:, row_d]  # [head, pair, token]
-                own = local[:, torch.arange(n_pairs, device=dev), col_d]  # [head, pair]
                 # a flat row (every logit equal) ties everywhere, so it ranks no target
                 out_norm = (v @ w_o.view(h, v.shape[-1], -1)).norm(dim=-1)  # [head, source]
                 tol = (_TIE * col_norm) * out_norm[:, row_d]  # [head, pair]
-                best_rival = local.masked_fill(~rivals_d, float("-inf")).amax(-1)
-                within[layer] = (own > best_rival + tol).cpu()
+                own = torch.empty(h, n_pairs, device=dev)
+                for tokens, chunks in within_chunks:  # each relation's own tokens, its pairs in chunks
+                    factor = (w_o @ _readout(circuits, tokens.to(dev))).view(h, v.shape[-1], -1)
+                    for ps, cols, not_rival in chunks:
+                        ps_d = ps.to(dev)
+                        local = torch.bmm(v[:, row_d[ps_d]], factor)  # [head, pair, token]
+                        own[:, ps_d] = local[:, torch.arange(len(ps), device=dev), cols.to(dev)]
+                        rivals = torch.ones(len(ps), len(tokens), dtype=torch.bool)
+                        rivals[not_rival] = False
+                        best_rival = local.masked_fill(~rivals.to(dev), float("-inf")).amax(-1)
+                        within[layer, :, ps] = (own[:, ps_d] > best_rival + tol[:, ps_d]).cpu()
                 hi_bound, lo_bound = own - tol, own + tol
                 hi = torch.zeros(h, n_pairs, dtype=torch.int32, device=dev)
                 lo = torch.zeros(h, n_pairs, dtype=torch.int32, device=dev)

@@ -151,12 +151,17 @@ def test_a_flat_head_ranks_no_target():
 # -- agreement with a brute-force computation ---------------------------------------------------
 
 def brute_force_hits(model, pairs, k):
-    """Every logit of every source row over the whole vocabulary, with the model's own modules."""
+    """Every logit of every source row over the whole vocabulary (300), with the model's own modules."""
     unbias = lambda mod, x: mod(x[None])[0] - mod(torch.zeros_like(x[:1])[None])[0]  # noqa: E731
     src = torch.tensor([s for s, _ in pairs])
     tgt = torch.tensor([t for _, t in pairs])
     ee = hz.effective_embedding(model, src)
-    hits, supp = [], []
+    tokens = sorted({*src.tolist(), *tgt.tolist()})
+    rivals = torch.ones(len(pairs), 300, dtype=torch.bool)  # the relation's own tokens ...
+    rivals[:, [t for t in range(300) if t not in tokens]] = False
+    for i, (s, _) in enumerate(pairs):  # ... less every true target of the source
+        rivals[i, [t for s2, t in pairs if s2 == s]] = False
+    hits, supp, within = [], [], []
     for layer in range(model.cfg.n_layers):
         x = unbias(model.blocks[layer].ln1, ee)
         out = torch.einsum("nd,hde,hef->hnf", x, model.W_V[layer], model.W_O[layer])  # [head, pair, d_model]
@@ -167,7 +172,8 @@ def brute_force_hits(model, pairs, k):
         others[:, torch.arange(len(pairs)), tgt] = False
         hits.append((((logits > own[..., None]) & others).sum(-1) < k).double().mean(-1))
         supp.append((((logits < own[..., None]) & others).sum(-1) < k).double().mean(-1))
-    return torch.stack(hits), torch.stack(supp)  # [layer, head]
+        within.append((own > logits.masked_fill(~rivals, float("-inf")).amax(-1)).double().mean(-1))
+    return torch.stack(hits), torch.stack(supp), torch.stack(within)  # [layer, head]
 
 
 @pytest.mark.parametrize("chunk_bytes", [24 * 2**20, 4096])
@@ -179,9 +185,11 @@ def test_scores_equal_a_brute_force_computation(chunk_bytes):
     det = hz.get_detector("relation", pairs=pairs, k=3)
     with torch.no_grad():
         out = det.compute(model, circuits=hz.WeightCircuits(model, chunk_bytes=chunk_bytes))
-        hits, supp = brute_force_hits(model, pairs, k=3)
+        hits, supp, within = brute_force_hits(model, pairs, k=3)
     assert torch.equal(out.metrics["score"], hits), (out.metrics["score"], hits)
     assert torch.equal(out.metrics["suppression"], supp)
+    assert torch.equal(out.metrics["within"], within), (out.metrics["within"], within)
+    assert hits.max() > 0 and supp.max() > 0 and within.max() > 0  # the comparison is not vacuous
     assert out.meta["k"] == 3 and out.meta["n_pairs"] == 21
 
 
@@ -200,6 +208,36 @@ def test_logits_equal_the_workspace_ov_logits():
         mine = module._logits(circuits.ov_values(layer, x), module._w_o(circuits, layer), module._readout(circuits, cols))
         torch.testing.assert_close(mine, circuits.ov_logits(layer, x, cols), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(module._readout(circuits, slice(0, 120)), module._readout(circuits, cols))
+
+
+def test_no_vocab_by_vocab_array_is_ever_formed():
+    """Record the size of every tensor torch produces while the detector runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    vocab = 20000
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randperm(vocab, generator=g)[:600].tolist()
+    pairs = list(zip(ids[:300], ids[300:]))
+    spec = PlantSpec(n_layers=2, n_heads=4, d_head=16, d_vocab=vocab, n_ctx=16, seed=0, relation=(1, 2),
+                     relation_pairs=tuple(pairs[:8]))
+    model = cached_planted(spec)
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    with Largest():
+        scores = hz.detect(model, "relation", pairs=pairs)
+    assert Largest.numel < vocab * vocab / 50, Largest.numel
+    details = scores.details("relation").set_index(["layer", "head"])
+    assert details.loc[(1, 2), "score"] >= 8 / 300  # the 8 planted pairs (of 300) hit
+    print(f"\n[memory] largest tensor {Largest.numel} elements vs vocab^2 = {vocab * vocab}")
 
 
 # -- built-in relations on real tokenizers ------------------------------------------------------
