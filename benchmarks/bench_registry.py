@@ -10,8 +10,10 @@ vendored ``tests/data/gpt2`` files, so the tokenizer-aware detectors run too):
   the detectors by the probe they name and runs one forward pass per probe batch for each group.
 * ``forwards``: the forward passes that call needs and nothing else: every batch of every probe
   the pattern detectors name, built exactly as the runner builds them, run through
-  ``model(batch)`` with no hooks (a full forward, logits included). The ratio of the two is the
-  cost of scoring every pattern detector on top of the passes themselves.
+  ``model(batch)`` with no hooks (a full forward, logits included).
+* ``truncated forwards``: the same batches run only as far as the runner runs them (to the last
+  layer's attention pattern, through headzoo's kernel, no readers): the floor. The ratio of
+  ``all pattern`` to it is the cost of scoring every pattern detector on top of the passes.
 * ``one by one``: each pattern detector in its own ``hz.detect`` call; the sum over detectors
   is what the scores would cost if each detector ran its own passes.
 * ``weights``: one ``hz.detect`` call with every weight-read detector (they share one
@@ -52,16 +54,11 @@ GPT2_FILES = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpt2"
 
 
 def _tokenizer() -> Any:
-    """The real GPT-2 tokenizer from the vendored files, saved and reloaded like a hub one."""
-    import tempfile
+    """The real GPT-2 tokenizer from the vendored files (the tests' offline loader)."""
+    sys.path.insert(0, str(GPT2_FILES.parents[1]))
+    from _gpt2 import gpt2_tokenizer
 
-    from transformers import AutoTokenizer, GPT2TokenizerFast
-
-    out = Path(tempfile.gettempdir()) / "headzoo-bench-gpt2-tokenizer"
-    if not (out / "tokenizer.json").exists():
-        tok = GPT2TokenizerFast(vocab_file=str(GPT2_FILES / "encoder.json"), merges_file=str(GPT2_FILES / "vocab.bpe"))
-        tok.save_pretrained(out)
-    return AutoTokenizer.from_pretrained(str(out))
+    return gpt2_tokenizer()
 
 
 def _build(shape: Shape, device: str) -> Any:
@@ -122,7 +119,9 @@ def worker(args: argparse.Namespace) -> None:
     hz.detect(model, pattern, n_prompts=1, progress=False)
     if args.worker == "weights":
         hz.detect(model, weights[:1], n_tokens=8, progress=False)
-    batches = _probe_batches(model, pattern, probe_options) if args.worker == "forwards" else []
+    batches = _probe_batches(model, pattern, probe_options) if args.worker in ("forwards", "truncated") else []
+    from headzoo._forward import hook_name
+    from headzoo._forward import run as run_kernel
 
     def sync() -> None:
         if args.device == "cuda":
@@ -135,6 +134,12 @@ def worker(args: argparse.Namespace) -> None:
             with torch.no_grad():
                 for b in batches:
                     model(b)
+            return None
+        if args.worker == "truncated":
+            last = hook_name("pattern", model.cfg.n_layers - 1)
+            with torch.no_grad():
+                for b in batches:
+                    run_kernel(model, b, stop_after=last)
             return None
         if args.worker == "weights":
             return hz.detect(model, weights, **options)
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-prompts", type=int, default=0, help="prompts per probe (default: each probe's own)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--worker", choices=["all", "forwards", "each", "weights"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["all", "forwards", "truncated", "each", "weights"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
@@ -206,27 +211,29 @@ def main(argv: list[str] | None = None) -> None:
     shape = SMALL if args.small else GPT2_SMALL
     print(f"hz.detect with every registered detector vs the forward passes it needs; model {shape} on {args.device}, "
           f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-    res = {side: _spawn(side, args) for side in ("all", "forwards", "each", "weights")}
-    a, f, e, w = res["all"], res["forwards"], res["each"], res["weights"]
+    res = {side: _spawn(side, args) for side in ("all", "forwards", "truncated", "each", "weights")}
+    a, f, t, e, w = res["all"], res["forwards"], res["truncated"], res["each"], res["weights"]
     print(f"pattern detectors ({len(a['detectors'])}): {', '.join(a['detectors'])}")
     for name, p in a["probes"].items():
         print(f"  probe {name}: {p['n_prompts']} prompts, lengths {p['lengths']}")
     print(f"forward passes during hz.detect: {a['forward_passes']} (probe batches: {a['n_batches']})")
     print()
-    print(f"{'run':<34} {'time (s)':>9} {'x forwards':>11} {'peak extra (MiB)':>17}")
-    rows = [("forwards (model(batch), no hooks)", f), ("hz.detect, all pattern detectors", a),
+    print(f"{'run':<38} {'time (s)':>9} {'x truncated':>12} {'peak extra (MiB)':>17}")
+    rows = [("forwards (model(batch), no hooks)", f), ("truncated forwards (to last pattern)", t),
+            ("hz.detect, all pattern detectors", a),
             ("hz.detect, one call per detector", e), ("hz.detect, all weight detectors", w)]
     for label, r in rows:
-        print(f"{label:<34} {r['time_s']:>9.2f} {r['time_s'] / f['time_s']:>11.2f} {r['peak_extra_mib']:>17.1f}")
+        print(f"{label:<38} {r['time_s']:>9.2f} {r['time_s'] / t['time_s']:>12.2f} {r['peak_extra_mib']:>17.1f}")
     print()
     print("one call per detector:")
-    for name, t in sorted(e["per_detector_s"].items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<20} {t:>8.2f} s")
+    for name, secs in sorted(e["per_detector_s"].items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<20} {secs:>8.2f} s")
     ok = a["forward_passes"] == a["n_batches"]
     print(f"\nno detector adds a forward pass of its own: {'yes' if ok else 'NO'} "
           f"({a['forward_passes']} passes for {a['n_batches']} probe batches)")
     print(f"sharing: one call {a['time_s']:.2f} s vs {e['time_s']:.2f} s one by one "
-          f"({e['time_s'] / a['time_s']:.1f}x); overhead over the bare forwards {a['time_s'] / f['time_s']:.2f}x")
+          f"({e['time_s'] / a['time_s']:.1f}x); hz.detect / truncated forwards {a['time_s'] / t['time_s']:.2f}x, "
+          f"/ full forwards {a['time_s'] / f['time_s']:.2f}x")
 
 
 if __name__ == "__main__":
