@@ -578,7 +578,8 @@ def read_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor, reduce: Any
     """Run ``model`` on ``tokens``, handing each layer's pattern to ``reduce(layer, pattern)``
     (``reduce(layer, pattern, z)`` with ``with_z``: ``z`` is ``hook_z``, ``[batch, pos, head, d_head]``).
 
-    The pass stops right after the last attention layer's last hook read: no MLP after it, no logits.
+    The pass stops right after the last attention layer (with ``with_z``: at the unembedding's
+    input); no logits are computed.
     """
     if not with_z:
         def hand(layer: int) -> Any:
@@ -587,17 +588,26 @@ def read_patterns(model: Any, info: ModelInfo, tokens: torch.Tensor, reduce: Any
         names = {hook_name("pattern", layer): hand(layer) for layer in range(info.n_layers)}
         run(model, tokens, read=names, stop_after=hook_name("pattern", info.n_layers - 1))
         return
-    held: dict[int, torch.Tensor] = {}
+    # A layer's pattern and z arrive in either order (a HookedTransformer fires hook_pattern
+    # first; some TransformerLens 3.x bridges apply it to the weights the attention module
+    # returns, after hook_z): reduce when both are in.
+    held: dict[int, dict[str, torch.Tensor]] = {}
 
-    def keep(layer: int) -> Any:
-        return lambda pattern: held.__setitem__(layer, pattern)
+    def keep(layer: int, kind: str) -> Any:
+        def hold(act: torch.Tensor) -> None:
+            got = held.setdefault(layer, {})
+            got[kind] = act
+            if len(got) == 2:
+                del held[layer]
+                reduce(layer, got["pattern"], got["z"])
 
-    def hand_z(layer: int) -> Any:
-        return lambda z: reduce(layer, held.pop(layer), z)  # hook_z fires after hook_pattern in a layer
+        return hold
 
-    names = {hook_name("pattern", layer): keep(layer) for layer in range(info.n_layers)}
-    names.update({hook_name("z", layer): hand_z(layer) for layer in range(info.n_layers)})
-    run(model, tokens, read=names, stop_after=hook_name("z", info.n_layers - 1))
+    names = {hook_name("pattern", layer): keep(layer, "pattern") for layer in range(info.n_layers)}
+    names.update({hook_name("z", layer): keep(layer, "z") for layer in range(info.n_layers)})
+    # no stop_after: which of the last layer's two hooks fires last depends on the model class,
+    # so the pass runs to the unembedding's input (one more MLP, never the logits)
+    run(model, tokens, read=names, logits=None)
 
 
 def _check_output(det: Detector, metrics: dict[str, Any], info: ModelInfo, what: str) -> None:
