@@ -88,11 +88,7 @@ class RelativePosition(hz.PositionalDetector):
         scored = match.any(-1)  # [batch, query]
         n_rows = scored.sum(-1)  # [batch]
         valid = n_rows > 0
-        keep = torch.ones(seq, seq, dtype=torch.bool, device=pattern.device)
-        if self.exclude_bos:
-            keep[:, 0] = False
-        if self.exclude_current_token:
-            keep.fill_diagonal_(False)
+        keep = self.key_mask(seq, pattern.device)
         # excluded keys can never win the argmax (rows always keep a key: scored queries have q > D >= 1)
         arg = pattern.masked_fill(~keep, -1.0).argmax(-1)  # [batch, head, query]
         offset = torch.arange(seq, device=pattern.device) - arg

@@ -107,11 +107,7 @@ class Streaming(hz.PositionalDetector):
         """Mean over ``rows [batch, query]`` of the attention on ``keys [batch, query, key]``
         (excluded keys dropped and rows renormalised, as for the score) -> ``[batch, head]``."""
         seq = pattern.shape[-1]
-        keep = torch.ones(seq, seq, dtype=torch.bool, device=pattern.device)
-        if self.exclude_bos:
-            keep[:, 0] = False
-        if self.exclude_current_token:
-            keep.fill_diagonal_(False)
+        keep = self.key_mask(seq, pattern.device)
         attn = pattern * keep
         on = torch.einsum("bhqk,bqk->bhq", attn, (keys & keep).to(attn.dtype))
         on = on / attn.sum(-1).clamp_min(1e-12)

@@ -128,11 +128,7 @@ class SubwordMerge(hz.PatternDetector):
         """Attention on ``hits [batch, query, key]`` over the queries ``rows [batch, query]``:
         ``([batch, head], valid [batch])``, by this detector's measure and exclusions."""
         seq = pattern.shape[-1]
-        keep = torch.ones(seq, seq, dtype=torch.bool, device=pattern.device)
-        if self.exclude_bos:
-            keep[:, 0] = False
-        if self.exclude_current_token:
-            keep.fill_diagonal_(False)
+        keep = self.key_mask(seq, pattern.device)
         attn = pattern * keep  # a new tensor: the caller's pattern is never written
         on = torch.einsum("bhqk,bqk->bhq", attn, (hits & keep).to(attn.dtype))
         total = attn.sum(-1)

@@ -157,6 +157,17 @@ class DetectorOutput:
             raise ValueError(f"DetectorOutput needs a 'score' metric; got {sorted(self.metrics)}")
 
 
+def key_mask(seq: int, device: torch.device, exclude_bos: bool, exclude_current_token: bool) -> Bool[torch.Tensor, "query key"]:
+    """``[query, key]``: True where a key counts under the ``exclude_bos`` (key 0 dropped) and
+    ``exclude_current_token`` (diagonal dropped) options every pattern detector has."""
+    keep = torch.ones(seq, seq, dtype=torch.bool, device=device)
+    if exclude_bos:
+        keep[:, 0] = False
+    if exclude_current_token:
+        keep.fill_diagonal_(False)
+    return keep
+
+
 @dataclasses.dataclass(frozen=True)
 class PatternDetector(Detector):
     """A detector scored from attention patterns ``A[batch, head, query, key]``.
@@ -187,6 +198,10 @@ class PatternDetector(Detector):
     #: extra activations :meth:`reduce` receives as keywords, from :data:`READS`:
     #: ``"out_norm"``: ``[batch, head, query]``, the norm of each head's output ``z @ W_O``
     reads: ClassVar[tuple[str, ...]] = ()
+
+    def key_mask(self, seq: int, device: torch.device) -> Bool[torch.Tensor, "query key"]:
+        """The keys this detector's ``exclude_bos`` / ``exclude_current_token`` leave ``[query, key]``."""
+        return key_mask(seq, device, self.exclude_bos, self.exclude_current_token)
 
     def bind(self, model: Any, info: Any) -> PatternDetector:
         """This detector ready for ``model``: called once per ``hz.detect`` before :meth:`match`.
@@ -220,12 +235,7 @@ class PatternDetector(Detector):
         exclude_bos: bool,
         exclude_current_token: bool,
     ) -> tuple[Float[torch.Tensor, "batch head"], Bool[torch.Tensor, " batch"]]:
-        seq = pattern.shape[-1]
-        keep = torch.ones(seq, seq, dtype=torch.bool, device=pattern.device)
-        if exclude_bos:
-            keep[:, 0] = False
-        if exclude_current_token:
-            keep.fill_diagonal_(False)
+        keep = key_mask(pattern.shape[-1], pattern.device, exclude_bos, exclude_current_token)
         masked = exclude_bos or exclude_current_token
         attn = pattern * keep if masked else pattern  # never writes into the caller's tensor
         hits = match & keep

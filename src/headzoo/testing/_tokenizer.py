@@ -58,13 +58,7 @@ def word_tokenizer(
             tokenizer_object=core, bos_token=bos_token, eos_token=bos_token, unk_token=unk_token,
             pad_token=bos_token,
         )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent))
-        tok.save_pretrained(staging)
-        try:
-            staging.rename(directory)
-        except OSError:  # another process won the race; its copy is identical
-            pass
+        _save_once(tok, directory)
     return AutoTokenizer.from_pretrained(str(directory))
 
 
@@ -119,6 +113,19 @@ def wordpiece_tokenizer(vocab_size: int = 512, *, directory: str | os.PathLike[s
     return _subword_tokenizer("wordpiece", vocab_size, directory, minimum=200)
 
 
+def _save_once(tok: Any, directory: Path) -> None:
+    """Save ``tok`` to ``directory`` atomically: into a staging folder, then renamed, so a
+    concurrent build never sees half a tokenizer (the loser of a race keeps the winner's copy,
+    which is identical)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent))
+    tok.save_pretrained(staging)
+    try:
+        staging.rename(directory)
+    except OSError:
+        pass
+
+
 def _shipped_text() -> str:
     import importlib.resources
 
@@ -138,13 +145,7 @@ def _subword_tokenizer(kind: str, vocab_size: int, directory: str | os.PathLike[
     directory = Path(directory)
     if not (directory / "tokenizer.json").exists():
         tok = _train(kind, vocab_size, text)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory.parent))
-        tok.save_pretrained(staging)
-        try:
-            staging.rename(directory)
-        except OSError:  # another process won the race; its copy is identical
-            pass
+        _save_once(tok, directory)
     return AutoTokenizer.from_pretrained(str(directory))
 
 
