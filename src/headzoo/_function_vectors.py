@@ -161,13 +161,15 @@ def _clean_means(
     probability and top-1 accuracy."""
     zs: dict[int, torch.Tensor] = {}
 
-    def keep(layer: int) -> Callable[[torch.Tensor], None]:
-        def fn(z: torch.Tensor) -> None:
+    def keep(layer: int) -> Callable[..., None]:
+        def fn(z: torch.Tensor, hook: Any) -> None:
             zs[layer] = z[:, -1].detach().double().mean(0)  # [head, d_head]
         return fn
 
     with torch.no_grad():
-        logits = run(model, prompts.clean.to(device), read={name: keep(layer) for layer, name in z_hooks.items()}, logits="last")
+        # an editing hook that returns nothing: TransformerLens hands it z as [batch, pos, head,
+        # d_head] also on bridges whose raw hook output is flattened, the shape the patch edits
+        logits = run(model, prompts.clean.to(device), edit=[(name, keep(layer)) for layer, name in z_hooks.items()], logits="last")
     cost.add(len(prompts.clean))
     assert logits is not None
     p = _answer_prob(logits, prompts.clean_answer)
