@@ -41,6 +41,10 @@ class FunctionVector(hz.Detector):
             patching (one forward and one backward pass per task) and only the top
             ``max_exact_heads`` get the exact CIE; the others are not scored (NaN), their
             estimate is in the ``attribution`` metric. ``None``: all exact.
+        min_clean_accuracy: tasks the model answers (top-1) on fewer than this share of clean
+            prompts are left out (listed in ``meta["left_out_tasks"]``); with none left the
+            detector does not apply (:class:`hz.DetectorNotApplicableError`, skipped with that
+            reason when it was not named).
 
     Cost: per task two forward passes over ``n_prompts`` prompts (clean, shuffled), plus one
     restarted at the patched layer per ``batch_size`` heads over ``batch_size * n_prompts``
@@ -67,6 +71,7 @@ class FunctionVector(hz.Detector):
     separator: str = "auto"
     batch_size: int = 16
     max_exact_heads: int | None = 256
+    min_clean_accuracy: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +79,8 @@ class FunctionVector(hz.Detector):
             value = getattr(self, opt)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise hz.InvalidOptionError(f"function_vector: {opt} must be an integer >= {low}; got {value!r}")
+        if not 0 <= self.min_clean_accuracy <= 1:
+            raise hz.InvalidOptionError(f"function_vector: min_clean_accuracy must be in [0, 1]; got {self.min_clean_accuracy!r}")
         m = self.max_exact_heads
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise hz.InvalidOptionError(f"function_vector: max_exact_heads must be a positive integer or None; got {m!r}")
@@ -97,7 +104,8 @@ class FunctionVector(hz.Detector):
         n_layers, n_heads = info.n_layers, info.n_heads
         every = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
         common = dict(tasks=None if self.tasks is None else list(self.tasks), n_prompts=self.n_prompts,
-                      n_shots=self.n_shots, seed=self.seed, separator=self.separator, progress=progress)
+                      n_shots=self.n_shots, seed=self.seed, separator=self.separator, progress=progress,
+                      min_clean_accuracy=self.min_clean_accuracy)
         ranked = self.max_exact_heads is not None and len(every) > self.max_exact_heads
         attribution: dict[str, hz.HeadEffects] = {}
         exact_heads = every
@@ -128,7 +136,7 @@ class FunctionVector(hz.Detector):
         cost = {k: sum(eff.meta["cost"][k] for eff in [*exact.values(), *attribution.values()])
                 for k in ("forward_passes", "backward_passes", "prompt_rows")}
         meta: dict[str, Any] = {
-            "tasks": per_task, "n_tasks": len(exact), "exact_heads": len(exact_heads), "cost": cost,
+            "tasks": per_task, "n_tasks": len(exact), "left_out_tasks": next(iter(exact.values())).meta["left_out_tasks"], "exact_heads": len(exact_heads), "cost": cost,
             "separator": next(iter(exact.values())).meta["separator"],
             "reused_layers": all(eff.meta["engine"].get("reused_layers", False) for eff in exact.values()),
         }

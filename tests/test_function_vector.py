@@ -127,7 +127,7 @@ def test_matches_a_plain_transformer_lens_reference(which, small_model, fv_model
     model = small_model if which == "small" else fv_model
     sep_text = "" if which == "small" else ";"
     opts = {"n_prompts": 5, "n_shots": 3, "seed": 4}
-    scores = hz.detect(model, "function_vector", separator=sep_text, batch_size=2, **opts)
+    scores = hz.detect(model, "function_vector", separator=sep_text, batch_size=2, min_clean_accuracy=0.0, **opts)
     (task,) = hz.icl_tasks(model)
     ref = _reference_cie(model, task, opts["n_prompts"], opts["n_shots"], opts["seed"], separator_id(model.tokenizer, sep_text) if sep_text else None)
     got = torch.tensor(scores.matrix("function_vector").to_numpy(), dtype=torch.float32)
@@ -186,10 +186,10 @@ def test_attribution_ranking_reports_agreement_and_cost(fv_model):
 
 def test_batched_equals_unbatched_with_non_default_options(small_model):
     opts = {"n_prompts": 3, "n_shots": 3, "seed": 7, "separator": ""}
-    one = hz.detect(small_model, "function_vector", batch_size=1, **opts).to_frame()
-    many = hz.detect(small_model, "function_vector", batch_size=5, **opts).to_frame()
+    one = hz.detect(small_model, "function_vector", min_clean_accuracy=0.0, batch_size=1, **opts).to_frame()
+    many = hz.detect(small_model, "function_vector", min_clean_accuracy=0.0, batch_size=5, **opts).to_frame()
     assert one["score"].to_numpy() == pytest.approx(many["score"].to_numpy(), abs=1e-7)
-    other_seed = hz.detect(small_model, "function_vector", batch_size=5, **{**opts, "seed": 8}).to_frame()
+    other_seed = hz.detect(small_model, "function_vector", min_clean_accuracy=0.0, batch_size=5, **{**opts, "seed": 8}).to_frame()
     assert not (other_seed["score"].to_numpy() == pytest.approx(many["score"].to_numpy(), abs=1e-7))
 
 
@@ -201,3 +201,23 @@ def test_model_and_tasks_not_mutated(fv_model):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(not p.requires_grad or p.grad is None for p in fv_model.parameters())
     assert isinstance(tasks, list) and not tasks[0].bound
+
+
+def test_a_model_that_cannot_do_the_tasks_is_refused_with_its_accuracies(small_model):
+    """Random heads cannot continue the days in context: no task passes min_clean_accuracy, so
+    the detector does not apply (named: a typed error; among all detectors: skipped, with why)."""
+    with pytest.raises(hz.DetectorNotApplicableError, match=r"successor 0%"):
+        hz.detect(small_model, detectors=["function_vector"], **FAST)
+    raw = hz.function_vector_effects(small_model, heads=[(0, 1)], min_clean_accuracy=0.0, **FAST)
+    assert raw["successor"].meta["clean_accuracy"] < 0.25 and raw["successor"].meta["left_out_tasks"] == {}
+    with pytest.raises(hz.InvalidOptionError, match="min_clean_accuracy"):
+        hz.function_vector_effects(small_model, min_clean_accuracy=1.5)
+    scores = hz.detect(small_model, detectors=None)
+    assert "function_vector" in scores.meta["skipped_detectors"]
+    assert "successor" in scores.meta["skipped_detectors"]["function_vector"]
+    assert "min_clean_accuracy" in scores.meta["skipped_detectors"]["function_vector"]
+
+
+def test_planted_model_keeps_its_task(fv_model):
+    scores = hz.detect(fv_model, detectors=["function_vector"], **FAST)
+    assert scores.meta["detectors"]["function_vector"]["result"]["left_out_tasks"] == {}

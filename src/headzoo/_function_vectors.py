@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from headzoo._effects import HeadEffects
-from headzoo._errors import InvalidOptionError
+from headzoo._errors import DetectorNotApplicableError, InvalidOptionError
 from headzoo._forward import check_finite, hook_name, require_hooks, run, run_from_layer
 from headzoo._icl_tasks import ICLPrompts, build_prompts, icl_tasks, separator_id
 from headzoo._models import model_info
@@ -69,6 +69,7 @@ def function_vector_effects(
     seed: int = 0,
     separator: str = "auto",
     batch_size: int = 16,
+    min_clean_accuracy: float = 0.0,
     progress: bool | None = None,
 ) -> dict[str, HeadEffects]:
     """Each head's causal indirect effect on in-context tasks (Todd et al. 2024).
@@ -89,17 +90,24 @@ def function_vector_effects(
         seed: seeds the prompts.
         separator: token between pairs (see :func:`headzoo._icl_tasks.separator_id`).
         batch_size: heads patched per forward (exact method); only speed depends on it.
+        min_clean_accuracy: leave out a task the model answers correctly (top-1 at the last
+            token) on fewer than this share of the clean prompts: a model that cannot do the
+            task in context has no function vector for it to carry (Todd et al. evaluate tasks
+            the model performs). Left-out tasks are not in the result.
 
     Returns:
         ``{task name: hz.HeadEffects}``: rows ``layer, head``, ``effect`` = mean probability of
         the correct answer on the shuffled prompts with that head patched (``stderr`` and a 95%
         interval over prompts); ``meta["baseline"]`` = on the unpatched shuffled prompts (so
         the CIE is ``effect - baseline``), ``meta["source"]`` = on the clean prompts; also the
-        task's coverage, accuracies, and ``meta["cost"]`` (forward and backward passes).
+        task's coverage, accuracies, ``meta["cost"]`` (forward and backward passes) and
+        ``meta["left_out_tasks"]`` (``{task: clean accuracy}`` below ``min_clean_accuracy``).
 
     Raises:
         UnsupportedTokenizerError: the tokenizer cannot spell enough pairs of the tasks.
         InvalidOptionError: a bad option.
+        DetectorNotApplicableError: ``min_clean_accuracy`` leaves no task (the message gives
+            each task's clean accuracy).
     """
     info = model_info(model)
     check_finite(model)
@@ -109,6 +117,8 @@ def function_vector_effects(
     n_shots = check_int(n_shots, "n_shots", minimum=2)
     seed = check_int(seed, "seed")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if isinstance(min_clean_accuracy, bool) or not isinstance(min_clean_accuracy, (int, float)) or not 0 <= min_clean_accuracy <= 1:
+        raise InvalidOptionError(f"min_clean_accuracy must be a number in [0, 1]; got {min_clean_accuracy!r}")
     if not isinstance(separator, str):
         raise InvalidOptionError(f"separator must be a string ('auto', '' for none, or a one-token string); got {separator!r}")
     chosen = [(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)] if heads is None else (
@@ -125,7 +135,8 @@ def function_vector_effects(
     z_hooks = {layer: hook_name("z", layer) for layer in range(info.n_layers)}
     require_hooks(model, z_hooks.values(), "function-vector patching")
     device = torch.device(info.device)
-    out: dict[str, HeadEffects] = {}
+    made: dict[str, tuple[Any, dict[str, Any]]] = {}
+    left_out: dict[str, float] = {}  # task -> clean accuracy, below min_clean_accuracy
     show = progress if progress is not None else method == "exact" and len(chosen) * len(bound) > 64
     bar = tqdm(total=len(chosen) * len(bound), desc="headzoo function vectors", disable=not show, leave=False)
     try:
@@ -133,6 +144,10 @@ def function_vector_effects(
             prompts = build_prompts(task, n_prompts, n_shots, seed, bos=bos, sep=sep)
             cost = _Counter()
             mean_z, source, clean_acc = _clean_means(model, prompts, z_hooks, device, cost)
+            if clean_acc < min_clean_accuracy:
+                left_out[task.name] = clean_acc
+                bar.update(len(chosen))
+                continue
             if method == "exact":
                 values, baseline, acc, engine = _exact(model, prompts, mean_z, chosen, z_hooks, device, batch_size, cost, bar)
             else:
@@ -148,10 +163,17 @@ def function_vector_effects(
                 "separator": None if sep is None else int(sep), "prepend_bos": bos is not None,
                 "prompt_length": int(prompts.clean.shape[1]), "cost": cost.to_dict(), "engine": engine,
             }
-            out[task.name] = HeadEffects.from_values(chosen, ("head",), values.numpy(), meta, seed=seed)
+            made[task.name] = (values.numpy(), meta)
     finally:
         bar.close()
-    return out
+    if not made:
+        raise DetectorNotApplicableError(
+            "the model solves none of the in-context tasks on clean prompts often enough to carry a function vector "
+            f"(top-1 accuracy {', '.join(f'{k} {v:.0%}' for k, v in left_out.items())}; min_clean_accuracy="
+            f"{min_clean_accuracy}). Give tasks the model can do (hz.ICLTask.from_pairs), more shots, or lower min_clean_accuracy."
+        )
+    return {name: HeadEffects.from_values(chosen, ("head",), values, {**meta, "left_out_tasks": left_out}, seed=seed)
+            for name, (values, meta) in made.items()}
 
 
 def _clean_means(

@@ -87,7 +87,7 @@ class ICLTask:
     description: str = ""
 
     @classmethod
-    def from_pairs(cls, name: str, pairs: Sequence[Pair], description: str = "") -> ICLTask:
+    def from_pairs(cls, name: str, pairs: Sequence[tuple[str | int, str | int]], description: str = "") -> ICLTask:
         """A user's task from ``[(input, output), ...]``: strings (kept where both are single
         tokens for the model's tokenizer) or integer token ids (for models without one).
 
@@ -149,7 +149,7 @@ class ICLTask:
                     "(ICLTask.from_pairs(name, [(input_id, output_id), ...])) or load the model with its tokenizer"
                 )
             else:
-                x, y = _one_token(tokenizer, a, banned, n_vocab), _one_token(tokenizer, b, banned, n_vocab)
+                x, y = _one_token(tokenizer, str(a), banned, n_vocab), _one_token(tokenizer, str(b), banned, n_vocab)
                 pair = None if x is None or y is None else (x, y)
             if pair is None or pair[0] == pair[1] or pair[0] in seen:
                 continue
