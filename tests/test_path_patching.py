@@ -137,6 +137,20 @@ def test_planted_previous_token_head_reaches_the_induction_key_and_nothing_else_
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_receiver_below_the_senders_is_left_alone(backend):
+    """Receivers in layer 0 and 2: senders in layer 1 reach only the layer-2 one."""
+    model = cached_planted(SPEC, backend)
+    clean, corrupted, answer, pos = induction_task()
+    metric = hz.patching.logit_diff(answer, (answer + 1) % SPEC.d_vocab, pos=pos)
+    receivers = [(0, 1, "q"), (2, 0, "k"), (2, 0, "v")]
+    sweep = hz.patching.path_patch_heads(model, clean, corrupted, metric, receivers=receivers, memory_mb=0.05)
+    for layer, head, effect in zip(*(sweep.to_frame()[c] for c in ("layer", "head", "effect"))):
+        assert abs(effect - reference(model, clean, corrupted, metric, [(layer, head)], receivers)) < 1e-4
+    only_low = hz.patching.path_patch(model, clean, corrupted, metric, senders=[(1, 2)], receivers=[(0, 1, "q")])
+    assert abs(only_low.to_frame()["effect"].iloc[0] - only_low.meta["baseline"]) < 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_senders_at_or_above_the_receivers_have_no_effect(backend):
     model = cached_planted(SPEC, backend)
     clean, corrupted, answer, pos = induction_task()

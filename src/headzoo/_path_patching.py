@@ -327,6 +327,10 @@ def _patched_chunk(
             recorded[name] = act.detach().clone()
         return hook
 
+    # a receiver below every sender of the chunk reads what it always read: nothing to patch
+    recs = [r for r in recs if r.layer >= start]
+    if not recs:
+        return _forward_from(runner, plan, resid, n_layers - 1, g, [], restart)
     # the receivers' inputs as the patched senders leave them; nothing after the last receiver matters
     hooks = {r.hook for r in recs}
     runner_read, runner.read = runner.read, [0]
