@@ -42,6 +42,7 @@ from headzoo._errors import (
     UnsupportedModelError,
     UnsupportedTokenizerError,
 )
+from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
@@ -104,6 +105,8 @@ __all__ = [
     "ORDINAL_LISTS",
     "ordinal_tasks",
     "as_ordinal_tasks",
+    "IOIPrompts",
+    "ioi_prompts",
     "RelationList",
     "RelationPairs",
     "relation_lists",

@@ -1,0 +1,147 @@
+"""IOI prompts for any tokenizer (hz.ioi_prompts), the planted IOI circuit
+(headzoo.testing.ioi_model) and the four IOI causal detectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _gpt2 import gpt2_tokenizer
+
+import headzoo as hz
+from headzoo.testing import word_tokenizer
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+def test_gpt2_keeps_every_builtin_name_and_template():
+    tok = gpt2_tokenizer()
+    p = hz.ioi_prompts(tok, n=40, seed=3)
+    c = p.coverage
+    assert (c["names_listed"], c["names_kept"], c["templates_listed"], c["templates_kept"]) == (100, 100, 16, 16)
+    assert p.prepend_bos and len(p) == 40
+    assert set(p.order) == {"ABBA", "BABA"}
+
+
+def test_positions_hold_the_names_and_end_is_the_last_token():
+    tok = gpt2_tokenizer()
+    p = hz.ioi_prompts(tok, n=32, seed=0)
+    rows = torch.arange(len(p))
+    assert torch.equal(p.clean[rows, p.io_pos], p.io)
+    assert torch.equal(p.clean[rows, p.s1_pos], p.s)
+    assert torch.equal(p.clean[rows, p.s2_pos], p.s)
+    assert torch.equal(p.end_pos, p.lengths - 1)
+    assert (p.s1_pos < p.s2_pos).all() and (p.io_pos < p.s2_pos).all()
+    abba = torch.tensor([o == "ABBA" for o in p.order])
+    assert ((p.io_pos < p.s1_pos) == abba).all()
+    for i in range(len(p)):  # the ids are the tokenizer's own reading of the sentence
+        ids = tok.encode(p.texts[i], add_special_tokens=False)
+        assert p.clean[i, 1 : p.lengths[i]].tolist() == ids
+        assert tok.decode(p.clean[i, p.end_pos[i]]) == " to"
+        assert tok.decode(p.io[i]).startswith(" ") and tok.decode(p.io[i]).strip() in p.texts[i]
+        assert (p.clean[i, p.lengths[i]:] == p.pad_id).all()
+
+
+def test_corrupted_prompts_differ_exactly_at_the_three_names():
+    p = hz.ioi_prompts(gpt2_tokenizer(), n=32, seed=1)
+    for i in range(len(p)):
+        n = int(p.lengths[i])
+        differ = (p.clean[i, :n] != p.corrupted[i, :n]).nonzero().flatten().tolist()
+        assert differ == sorted([int(p.io_pos[i]), int(p.s1_pos[i]), int(p.s2_pos[i])])
+        io, s1, s2 = (int(p.corrupted[i, int(q[i])]) for q in (p.io_pos, p.s1_pos, p.s2_pos))
+        assert [io, s1, s2] == p.abc[i].tolist()
+        assert len({io, s1, s2, int(p.io[i]), int(p.s[i])}) == 5  # ABC: three new, distinct names
+
+
+def test_seed_makes_the_same_prompts_and_other_seeds_differ():
+    tok = gpt2_tokenizer()
+    a, b, c = hz.ioi_prompts(tok, n=16, seed=5), hz.ioi_prompts(tok, n=16, seed=5), hz.ioi_prompts(tok, n=16, seed=6)
+    assert torch.equal(a.clean, b.clean) and torch.equal(a.corrupted, b.corrupted) and a.texts == b.texts
+    assert a.texts != c.texts
+
+
+def test_prepend_bos_false_shifts_every_position():
+    tok = gpt2_tokenizer()
+    a, b = hz.ioi_prompts(tok, n=8, seed=2), hz.ioi_prompts(tok, n=8, seed=2, prepend_bos=False)
+    assert not b.prepend_bos and torch.equal(a.io_pos - 1, b.io_pos) and torch.equal(a.lengths - 1, b.lengths)
+
+
+def test_logit_diff_reads_each_rows_own_end():
+    p = hz.ioi_prompts(gpt2_tokenizer(), n=6, seed=0)
+    logits = torch.randn(len(p), p.clean.shape[1], 50257)
+    rows = torch.arange(len(p))
+    want = logits[rows, p.end_pos, p.io] - logits[rows, p.end_pos, p.s]
+    assert torch.allclose(p.logit_diffs(logits), want)
+    from headzoo._patching import _lengths
+
+    with _lengths(p.lengths):  # how hz.patching runs the metric on ragged prompts
+        assert torch.allclose(p.logit_diff(per_example=True)(logits), want)
+        assert torch.allclose(p.logit_diff()(logits), want.mean())
+
+
+def test_user_names_and_templates():
+    tok = gpt2_tokenizer()
+    p = hz.ioi_prompts(tok, n=10, names=["Mary", "John", "Alice", "Bob", "Carol", "Xqzvwyk"],
+                       templates=["Then {S} and {IO} had lunch, and {S} gave a cake to"])
+    assert p.coverage["names_kept"] == 5 and p.coverage["names_not_one_token"] == ["Xqzvwyk"]
+    assert p.templates == ("Then {S} and {IO} had lunch, and {S} gave a cake to",)
+    assert set(p.order) == {"BABA"}
+
+
+def test_word_tokenizer_spelling_the_lists_works():
+    lists = hz._ioi.ioi_lists()
+    words = sorted({w for t in lists["templates"] for p in lists["places"] for o in lists["objects"]
+                    for w in t.replace("{PLACE}", p).replace("{OBJECT}", o).replace("{IO}", "").replace("{S}", "").split()})
+    tok = word_tokenizer([*lists["names"][:8], *words])
+    p = hz.ioi_prompts(tok, n=12)
+    assert p.coverage["names_kept"] == 8 and p.coverage["templates_kept"] == 16
+    rows = torch.arange(len(p))
+    assert torch.equal(p.clean[rows, p.io_pos], p.io)
+
+
+def test_a_tokenizer_without_names_is_refused_saying_what_is_missing():
+    tok = word_tokenizer([f"tok{i}" for i in range(20)])
+    with pytest.raises(hz.UnsupportedTokenizerError, match=r"spells only 0 of 100 names"):
+        hz.ioi_prompts(tok)
+    names_only = word_tokenizer(["Mary", "John", "Alice", "Emma", "Paul", "Mark"])
+    with pytest.raises(hz.UnsupportedTokenizerError, match=r"none of the 16 IOI templates"):
+        hz.ioi_prompts(names_only)
+    with pytest.raises(hz.UnsupportedTokenizerError, match="no tokenizer"):
+        hz.ioi_prompts(hz.testing.planted_model(n_layers=2, n_heads=2, d_head=16, d_vocab=16))
+    with pytest.raises(hz.UnsupportedTokenizerError, match="got None"):
+        hz.ioi_prompts(None)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=0), "n must be >= 1"),
+    (dict(n=2.0), "n must be an integer"),
+    (dict(seed="a"), "seed must be an integer"),
+    (dict(prepend_bos="yes"), "prepend_bos must be True or False"),
+    (dict(names="Mary"), "names must be a list"),
+    (dict(templates=["When {IO} and {S} went out, {IO} gave a drink to"]), "{IO} once and {S} twice"),
+    (dict(templates=["{IO} and {S} went out, {S} gave a drink to"]), "must start with a word"),
+    (dict(templates=["When {IO} and {S} went to {TOWN}, {S} gave a drink to"]), "placeholder other than"),
+])
+def test_bad_options_are_refused(kwargs, match):
+    # beartype (a TypeError) may stop a wrongly typed argument first in the tests; without it,
+    # the function's own check gives the typed error
+    with pytest.raises((hz.InvalidOptionError, TypeError)) as info:
+        hz.ioi_prompts(gpt2_tokenizer(), **kwargs)
+    if isinstance(info.value, hz.InvalidOptionError):
+        assert info.match(match)
+
+
+def test_wrong_types_get_a_typed_error_without_beartype():
+    from headzoo._ioi import ioi_prompts
+
+    raw = getattr(ioi_prompts, "__wrapped__", ioi_prompts)  # the undecorated function
+    for kwargs, match in [(dict(n=2.0), "n must be an integer"), (dict(prepend_bos="yes"), "prepend_bos must be")]:
+        with pytest.raises(hz.InvalidOptionError, match=match):
+            raw(gpt2_tokenizer(), **kwargs)
+
+
+def test_the_users_lists_are_not_mutated():
+    names = ["Mary", "John", "Alice", "Bob", "Carol"]
+    templates = ["Then {S} and {IO} had lunch, and {S} gave a cake to"]
+    before = (list(names), list(templates))
+    hz.ioi_prompts(gpt2_tokenizer(), n=3, names=names, templates=templates)
+    assert (names, templates) == before
