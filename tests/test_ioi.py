@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from _gpt2 import gpt2_tokenizer
@@ -145,3 +147,57 @@ def test_the_users_lists_are_not_mutated():
     before = (list(names), list(templates))
     hz.ioi_prompts(gpt2_tokenizer(), n=3, names=names, templates=templates)
     assert (names, templates) == before
+
+
+# -- the planted IOI circuit ---------------------------------------------------------------------
+
+from headzoo.testing import IOI_ROLES, ioi_model, ioi_placements  # noqa: E402
+
+
+@functools.lru_cache(maxsize=8)
+def planted_ioi(seed: int, n_layers: int = 4, n_heads: int = 4, backend: str = "bridge"):
+    """``(model, placements, prompts)``; read-only in the tests, so one build serves many."""
+    model = ioi_model(seed=seed, n_layers=n_layers, n_heads=n_heads, backend=backend)
+    return model, ioi_placements(n_layers, n_heads, seed), hz.ioi_prompts(model, n=24, seed=seed)
+
+
+def test_placements_respect_the_circuits_order():
+    for seed in range(20):
+        pl = ioi_placements(6, 3, seed)
+        layer = {r: h[0] for r, h in pl.items()}
+        assert list(pl) == list(IOI_ROLES) and len(set(pl.values())) == 5
+        assert layer["duplicate_token"] < layer["s_inhibition"] < layer["name_mover"] < layer["backup_name_mover"]
+        assert layer["s_inhibition"] < layer["negative_name_mover"]
+    with pytest.raises(ValueError, match="4 layers"):
+        ioi_placements(3, 4, 0)
+    bad = dict(ioi_placements(4, 4, 0), s_inhibition=(3, 0))
+    with pytest.raises(ValueError, match="reads forward"):
+        ioi_model(placements=bad)
+
+
+@pytest.mark.parametrize("seed, n_layers", [(0, 4), (1, 5), (2, 6)])
+def test_planted_model_solves_ioi_and_its_backup_takes_over(seed, n_layers):
+    model, pl, p = planted_ioi(seed, n_layers)
+    assert p.coverage["templates_kept"] == 16 and p.coverage["names_kept"] == 12
+    with torch.no_grad():
+        clean = p.logit_diffs(model(p.clean))
+        abc = p.logit_diffs(model(p.corrupted))
+        ablate = lambda heads: hz.ablate(model, heads, method="mean", reference_tokens=p.corrupted)  # noqa: E731
+        with ablate([pl["name_mover"]]):
+            no_nm = p.logit_diffs(model(p.clean))
+        with ablate([pl["name_mover"], pl["backup_name_mover"]]):
+            no_nm_backup = p.logit_diffs(model(p.clean))
+        with ablate([pl["s_inhibition"]]):
+            no_sinh = p.logit_diffs(model(p.clean))
+    assert (clean > 0).float().mean() == 1 and clean.mean() > 2
+    assert abc.abs().mean() < 0.3  # no name is favoured on ABC prompts
+    assert 0.3 < no_nm.mean() < clean.mean() - 1  # the backup makes up for part of the name mover
+    assert no_nm_backup.mean() < 0  # without both, the repeated name wins
+    assert no_sinh.mean() < clean.mean() - 1
+
+
+def test_planted_model_is_the_same_in_both_model_classes(backend):
+    a, _, p = planted_ioi(0)
+    b = ioi_model(seed=0, backend=backend)
+    with torch.no_grad():
+        assert torch.allclose(a(p.clean), b(p.clean), atol=1e-4)

@@ -20,6 +20,7 @@ from headzoo.testing._conformance import (
     RuleResult,
     check_detector,
 )
+from headzoo.testing._ioi import IOI_ROLES, ioi_model, ioi_placements, ioi_vocabulary
 from headzoo.testing._planted import (
     PlantSpec,
     TokenFeatures,
@@ -31,6 +32,7 @@ from headzoo.testing._planted import (
 from headzoo.testing._tokenizer import bpe_tokenizer, sentencepiece_tokenizer, word_tokenizer, wordpiece_tokenizer
 
 __all__ = [
+    "IOI_ROLES",
     "RULES",
     "ConformanceReport",
     "PlantSpec",
@@ -39,6 +41,9 @@ __all__ = [
     "bpe_tokenizer",
     "check_detector",
     "features_from_tokenizer",
+    "ioi_model",
+    "ioi_placements",
+    "ioi_vocabulary",
     "planted_model",
     "planted_state_dict",
     "random_placements",
