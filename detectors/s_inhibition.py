@@ -20,13 +20,16 @@ import torch
 import headzoo as hz
 
 
-def top_name_movers(nm: hz.DetectorOutput, n: int) -> list[tuple[int, int]]:
-    """The ``n`` heads with the highest positive name_mover score, best first."""
+def top_name_movers(nm: hz.DetectorOutput, n: int, threshold: float) -> list[tuple[int, int]]:
+    """Up to ``n`` heads whose name_mover score passes ``threshold``, best first; the single best
+    head when none does but its score is positive."""
     score = nm.metrics["score"]
     n_heads = score.shape[1]
     flat = torch.nan_to_num(score.flatten(), nan=-float("inf"))
     order = flat.argsort(descending=True)[:n]
-    heads = [(int(i) // n_heads, int(i) % n_heads) for i in order if flat[i] > 0]
+    heads = [(int(i) // n_heads, int(i) % n_heads) for i in order if flat[i] >= threshold]
+    if not heads and flat[order[0]] > 0:
+        heads = [(int(order[0]) // n_heads, int(order[0]) % n_heads)]
     if not heads:
         raise hz.DetectorNotApplicableError("no head of this model has a positive name_mover score: no name mover queries to patch")
     return heads
@@ -36,7 +39,8 @@ def top_name_movers(nm: hz.DetectorOutput, n: int) -> list[tuple[int, int]]:
 @dataclasses.dataclass(frozen=True)
 class SInhibition(hz.Detector):
     """Share of the clean logit difference lost when the head's ABC output reaches the top
-    ``n_name_movers`` name movers' queries (path patching, noising); heads in or above the
+    ``n_name_movers`` name movers' queries (path patching, noising; name movers: heads whose
+    ``name_mover`` score passes its threshold, or else the best one); heads in or above the
     highest name mover's layer cannot reach it and are not scored.
 
     Not measured: the shift of the name movers' attention from IO to S under each patch (it
@@ -76,9 +80,12 @@ class SInhibition(hz.Detector):
     def compute(self, model: Any, *, progress: bool | None = None, circuits: Any = None) -> hz.DetectorOutput:
         info = hz.model_info(model)
         nm = hz.get_detector("name_mover", **self._nm_options()).compute(model, progress=progress, circuits=circuits)
-        movers = top_name_movers(nm, self.n_name_movers)
+        movers = top_name_movers(nm, self.n_name_movers, hz.get_detector("name_mover").threshold)
         prompts = hz.ioi_prompts(model, n=self.n_prompts, seed=self.seed)
-        receivers = [(layer, head, "q") for layer, head in movers]
+        # a name mover in layer 0 reads no head's output: no path leads into its query
+        receivers = [(layer, head, "q") for layer, head in movers if layer > 0]
+        if not receivers:
+            raise hz.DetectorNotApplicableError(f"the name movers {movers} sit in layer 0: no head can write into their queries")
         effects = hz.patching.path_patch_heads(
             model, prompts.clean_prompts, prompts.corrupted_prompts, prompts.logit_diff(), receivers=receivers,
             direction="noise", memory_mb=self.memory_mb, progress=progress,
