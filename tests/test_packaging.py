@@ -22,9 +22,10 @@ from headzoo._registry import builtin_detectors_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = [
-    "copy_suppression", "copying", "current_token", "delimiter", "dormant", "duplicate_token", "first_token", "function_vector",
-    "induction", "ngram_induction", "previous_token", "rare_token", "relation", "relative_position", "retrieval",
-    "streaming", "subword_merge", "successor",
+    "backup_name_mover", "copy_suppression", "copying", "current_token", "delimiter", "dormant", "duplicate_token",
+    "first_token", "function_vector", "induction", "name_mover", "negative_name_mover", "ngram_induction",
+    "previous_token", "rare_token", "relation", "relative_position", "retrieval", "s_inhibition", "streaming",
+    "subword_merge", "successor",
 ]
 #: registered names: copying.py holds both copying and negative_copying
 REGISTERED = sorted([*BUILTINS, "negative_copying"])

@@ -42,8 +42,12 @@ from headzoo._errors import (
     UnsupportedModelError,
     UnsupportedTokenizerError,
 )
+<<<<<<< HEAD
 from headzoo._function_vectors import function_vector_effects
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
+=======
+from headzoo._ioi import IOIPrompts, ioi_prompts
+>>>>>>> wt-ioi
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
@@ -110,6 +114,8 @@ __all__ = [
     "ORDINAL_LISTS",
     "ordinal_tasks",
     "as_ordinal_tasks",
+    "IOIPrompts",
+    "ioi_prompts",
     "RelationList",
     "RelationPairs",
     "relation_lists",
