@@ -13,6 +13,7 @@ through the first block; name movers > 95%, an average head < 20%). GPT-2 small:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -187,6 +188,16 @@ class NameMover(hz.Detector):
             raise hz.InvalidOptionError(f"{self.name}: memory_mb must be a positive number; got {self.memory_mb!r}")
 
     def compute(self, model: Any, *, progress: bool | None = None, circuits: Any = None) -> hz.DetectorOutput:
+        if circuits is None:
+            return self._measure(model, progress, None)
+        # negative_name_mover, backup_name_mover and s_inhibition read this same measurement:
+        # within one hz.detect call (one workspace) the sweep runs once for all of them
+        key = (self.name, tuple(sorted((k, repr(v)) for k, v in self.options().items())))
+        out = circuits.shared(key, lambda: self._measure(model, progress, circuits))
+        # each reader gets its own copy: nothing one detector does to it reaches another
+        return hz.DetectorOutput({k: v.clone() for k, v in out.metrics.items()}, copy.deepcopy(out.meta), out.details.copy())
+
+    def _measure(self, model: Any, progress: bool | None, circuits: Any) -> hz.DetectorOutput:
         info = hz.model_info(model)
         prompts, clean, abc = ioi_setup(model, self.n_prompts, self.seed)
         drops, baseline, how = direct_drops(model, prompts, max_exact_heads=self.max_exact_heads,

@@ -209,11 +209,6 @@ IOI_DETECTORS = ["name_mover", "negative_name_mover", "backup_name_mover", "s_in
 #: which planted role each detector must rank first
 PLANTED_ROLE = {"name_mover": "name_mover", "negative_name_mover": "negative_name_mover",
                 "backup_name_mover": "backup_name_mover", "s_inhibition": "s_inhibition"}
-needs_path_patching = pytest.mark.skipif(
-    not hasattr(hz.patching, "path_patch_heads"),
-    reason="hz.patching.path_patch_heads (issue 14, the lead's part) is not on this branch yet",
-)
-
 
 def test_detectors_are_registered_causal_with_their_stage():
     table = hz.list_detectors().set_index("name")
@@ -267,7 +262,6 @@ def _detect_all_light(model):
     return run_detectors(model, names, tokens=None, cache=None, explicit=False)
 
 
-@needs_path_patching
 @pytest.mark.parametrize("seed, n_layers", [(0, 4), (1, 5), (2, 6)])
 def test_each_detector_ranks_its_planted_head_first_with_a_margin(seed, n_layers):
     model, pl, _ = planted_ioi(seed, n_layers)
@@ -288,7 +282,6 @@ def test_each_detector_ranks_its_planted_head_first_with_a_margin(seed, n_layers
     assert meta["name_mover"]["cost"]["forward_passes"] >= model.cfg.n_layers * model.cfg.n_heads
 
 
-@needs_path_patching
 def test_attribution_picks_the_heads_to_patch_exactly_and_reports_agreement():
     model, pl, _ = planted_ioi(0)
     scores = hz.detect(model, "name_mover", n_prompts=16, max_exact_heads=4, progress=False)
@@ -296,3 +289,22 @@ def test_attribution_picks_the_heads_to_patch_exactly_and_reports_agreement():
     assert len(frame) == 4 and tuple(scores.top(1, "name_mover")[["layer", "head"]].values[0]) == pl["name_mover"]
     agreement = scores.meta["detectors"]["name_mover"]["result"]["attribution_agreement"]
     assert agreement["n_heads"] == 4 and agreement["same_sign"] >= 0.5
+
+
+def test_one_detect_call_runs_the_name_mover_sweep_once(monkeypatch):
+    """The negative and backup name-mover and S-inhibition detectors read the name-mover
+    measurement; in one hz.detect call it is computed once and each reads its own copy."""
+    import sys
+
+    model, pl, _ = planted_ioi(0)
+    module = sys.modules[type(hz.get_detector("name_mover")).__module__]
+    calls = []
+    original = module.direct_drops
+    monkeypatch.setattr(module, "direct_drops", lambda *a, **k: calls.append(1) or original(*a, **k))
+    scores = hz.detect(model, IOI_DETECTORS, n_prompts=8, progress=False)
+    assert len(calls) == 1
+    nm = scores.to_frame().query("detector == 'name_mover'").set_index(["layer", "head"])["score"]
+    neg = scores.to_frame().query("detector == 'negative_name_mover'").set_index(["layer", "head"])["score"]
+    assert (nm + neg).abs().max() < 1e-12  # the same measurement, sign flipped, each its own copy
+    hz.detect(model, ["name_mover"], n_prompts=8, progress=False)
+    assert len(calls) == 2  # a new call measures again (the model may have changed in between)

@@ -42,12 +42,9 @@ from headzoo._errors import (
     UnsupportedModelError,
     UnsupportedTokenizerError,
 )
-<<<<<<< HEAD
 from headzoo._function_vectors import function_vector_effects
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
-=======
 from headzoo._ioi import IOIPrompts, ioi_prompts
->>>>>>> wt-ioi
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles

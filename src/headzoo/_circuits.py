@@ -109,7 +109,7 @@ class OVRanks:
 
 
 class WeightCircuits:
-    """Per-``detect`` workspace shared by the weight-based detectors.
+    """Per-``detect`` workspace shared by the weight-based and causal detectors.
 
     One token sample, one effective embedding and one pass over the vocabulary serve every
     weight detector selected in the same call; results are memoised by their options.
@@ -134,6 +134,16 @@ class WeightCircuits:
         self.chunk_bytes = chunk_bytes
         self.device = torch.device(self.info.device)
         self._memo: dict[Any, Any] = {}
+
+    def shared(self, key: Any, compute: Any) -> Any:
+        """``compute()`` once per ``key`` in this workspace: a measurement several detectors of
+        one ``hz.detect`` call build on (the name-mover sweep that the negative and backup
+        name-mover and S-inhibition detectors all read) runs once. ``key`` must name the
+        measurement and every option it depends on."""
+        key = ("shared", key)
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     # -- tokens and embeddings --------------------------------------------------------------
     @property

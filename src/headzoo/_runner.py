@@ -166,10 +166,13 @@ def run_detectors(model: Any, detectors: Any, *, tokens: Any, cache: Any, explic
     details: dict[str, pd.DataFrame] = {}
     for det in list(selected):
         if not isinstance(det, PatternDetector):
-            if circuits is None and isinstance(det, WeightDetector):
+            # weight and causal detectors share one workspace (token samples, embeddings, and
+            # measurements such as the name-mover sweep that several causal detectors build on)
+            shares = isinstance(det, WeightDetector) or det.kind == "causal"
+            if circuits is None and shares:
                 circuits = WeightCircuits(model, progress=progress)
             try:
-                output = det.compute(model, progress=progress, circuits=circuits if isinstance(det, WeightDetector) else None)
+                output = det.compute(model, progress=progress, circuits=circuits if shares else None)
             except DetectorNotApplicableError as exc:
                 if explicit:
                     raise

@@ -20,15 +20,12 @@ from headzoo.testing._conformance import (
     RuleResult,
     check_detector,
 )
-<<<<<<< HEAD
 from headzoo.testing._function_vector import (
     FUNCTION_VECTOR_SEPARATOR,
     function_vector_model,
     function_vector_placements,
 )
-=======
 from headzoo.testing._ioi import IOI_ROLES, ioi_model, ioi_placements, ioi_vocabulary
->>>>>>> wt-ioi
 from headzoo.testing._planted import (
     PlantSpec,
     TokenFeatures,
@@ -40,13 +37,10 @@ from headzoo.testing._planted import (
 from headzoo.testing._tokenizer import bpe_tokenizer, sentencepiece_tokenizer, word_tokenizer, wordpiece_tokenizer
 
 __all__ = [
-<<<<<<< HEAD
     "FUNCTION_VECTOR_SEPARATOR",
     "function_vector_model",
     "function_vector_placements",
-=======
     "IOI_ROLES",
->>>>>>> wt-ioi
     "RULES",
     "ConformanceReport",
     "PlantSpec",
