@@ -12,6 +12,7 @@ from headzoo import (
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._composition import CompositionScores, composition_scores
 from headzoo._detector import (
     STAGES,
     Detector,
@@ -100,6 +101,8 @@ __all__ = [
     "WeightCircuits",
     "OVRanks",
     "rank_cutoff",
+    "composition_scores",
+    "CompositionScores",
     "OrdinalTask",
     "ORDINAL_LISTS",
     "ordinal_tasks",
