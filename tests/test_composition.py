@@ -308,3 +308,85 @@ def test_result_round_trip_and_views(tmp_path):
     assert len(fig.data) == 3
     page = scores._repr_html_()
     assert "<script" not in page and "K-composition" in page
+
+
+# -- the head graph ------------------------------------------------------------------------------
+def test_head_graph_from_composition_puts_the_planted_pairs_first():
+    spec = planted_spec(4, 4, 16, 2)
+    model = cached_planted(spec)
+    graph = hz.head_graph(model, top_k=5)
+    frame = graph.to_frame()
+    assert list(frame.columns) == ["source_layer", "source_head", "target_layer", "target_head", "target", "kind", "weight",
+                                   "evidence"]
+    assert set(frame["evidence"]) == {"composition"} and (frame.groupby("kind").size() == 5).all()
+    prev = spec.planted["previous_token"]
+    for kind, role in PARTNER.items():
+        best = frame[frame["kind"] == kind].iloc[0]
+        assert (best["source_layer"], best["source_head"], best["target_layer"], best["target_head"]) == (*prev, *spec.planted[role])
+    reads, writes = graph.edges_of(*spec.planted["induction"])
+    assert (reads.loc[0, "source_layer"], reads.loc[0, "source_head"], reads.loc[0, "kind"]) == (*prev, "k")
+    assert {tuple(x) for x in writes[["source_layer", "source_head"]].to_numpy()} <= {spec.planted["induction"]}
+    _, out = graph.edges_of(*prev)
+    assert {(int(a), int(b)) for a, b in zip(out["target_layer"], out["target_head"])} >= {
+        spec.planted[r] for r in PARTNER.values()}
+    # the same edges from precomputed scores, without the model
+    again = hz.head_graph(composition=hz.composition_scores(model), top_k=5)
+    pd.testing.assert_frame_equal(again.to_frame(), frame)
+    fig = graph.plot()
+    assert len(fig.data) == len(frame) + 1  # one line per edge and the nodes
+
+
+def test_head_graph_from_path_patching():
+    """Path patching every sender into the induction head's keys: the previous-token head's
+    edge is the strongest (it is the only head whose output the keys read)."""
+    spec = PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=66, n_ctx=64, previous_token=(0, 1), duplicate_token=(1, 2),
+                     induction=(2, 0), seed=11)
+    model = cached_planted(spec)
+    if not hasattr(hz.patching, "path_patch_heads"):
+        pytest.skip("hz.patching.path_patch_heads is not in this headzoo yet")
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(2, spec.d_vocab, (4, 6), generator=g)
+    bos = torch.zeros(4, 1, dtype=torch.long)
+    clean = torch.cat([bos, r, r], 1)
+    corrupted = torch.cat([bos, r, torch.randint(2, spec.d_vocab, (4, 6), generator=g)], 1)  # no repeat: nothing to induce
+    metric = hz.patching.logit_diff(r[:, 1], r[:, 2], pos=7)
+    effects = hz.patching.path_patch_heads(model, clean, corrupted, metric, receivers=[(2, 0, "k")])
+    graph = hz.head_graph(model, path_effects=effects, top_k=3)
+    frame = graph.to_frame()
+    assert set(frame["evidence"]) == {"path_patching"} and len(frame) == 3
+    assert (frame.loc[0, "source_layer"], frame.loc[0, "source_head"], frame.loc[0, "target"], frame.loc[0, "kind"]) == (0, 1, "L2H0", "k")
+    best = effects.top(1).loc[0]
+    assert frame.loc[0, "weight"] == pytest.approx(abs(best["effect"] - effects.meta["baseline"]))
+    both = hz.head_graph(model, composition=hz.composition_scores(model, "k"), path_effects=[effects], kinds="k", top_k=3)
+    assert set(both.to_frame()["evidence"]) == {"composition", "path_patching"}
+    to_logits = hz.patching.path_patch_heads(model, clean, corrupted, metric)
+    logits = hz.head_graph(model, path_effects=to_logits, top_k=2).to_frame()
+    assert list(logits["target"]) == ["logits", "logits"] and logits["target_layer"].isna().all()
+    with pytest.raises(hz.InvalidOptionError, match="path_patch_heads"):
+        hz.head_graph(model, path_effects=hz.patching.patch_heads(model, clean, corrupted, metric))
+
+
+def test_head_graph_round_trip_and_refusals(tmp_path):
+    spec = planted_spec(3, 4, 16, 0)
+    model = cached_planted(spec)
+    frame = pd.DataFrame({"source_layer": [0, 1], "source_head": [1, 2], "target_layer": [2, pd.NA], "target_head": [0, pd.NA],
+                          "target": ["L2H0", "logits"], "kind": ["k", "logits"], "weight": [0.5, 1.25],
+                          "evidence": ["composition", "path_patching"]})
+    graph = hz.HeadGraph(frame, {"model": {"n_layers": 3, "n_heads": 4, "name": "<script>x</script>"}, "top_k": 2})
+    back = hz.HeadGraph.load(graph.save(tmp_path / "g.parquet"))
+    pd.testing.assert_frame_equal(back.to_frame(), graph.to_frame(), check_exact=True)
+    assert back.meta == graph.meta and "<script>x" not in graph._repr_html_()
+    assert len(graph.plot().data) == 3
+    reads, writes = graph.edges_of(2, 0)
+    assert len(reads) == 1 and len(writes) == 0
+    with pytest.raises(hz.InvalidOptionError, match="needs a model"):
+        hz.head_graph()
+    with pytest.raises(hz.InvalidOptionError, match="top_k must be a positive integer"):
+        hz.head_graph(model, top_k=0)
+    with pytest.raises(hz.InvalidOptionError, match="has no \\['q'\\] scores"):
+        hz.head_graph(model, composition=hz.composition_scores(model, "k", baseline=False))
+    with pytest.raises(hz.InvalidOptionError, match="kinds"):
+        hz.head_graph(model, kinds="qv")
+    other = cached_planted(planted_spec(4, 4, 16, 0))
+    with pytest.raises(hz.InvalidOptionError, match="model"):
+        hz.head_graph(model, composition=hz.composition_scores(other, baseline=False))

@@ -43,6 +43,7 @@ from headzoo._errors import (
     UnsupportedModelError,
     UnsupportedTokenizerError,
 )
+from headzoo._graph import HeadGraph, head_graph
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
@@ -103,6 +104,8 @@ __all__ = [
     "rank_cutoff",
     "composition_scores",
     "CompositionScores",
+    "head_graph",
+    "HeadGraph",
     "OrdinalTask",
     "ORDINAL_LISTS",
     "ordinal_tasks",
