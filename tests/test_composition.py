@@ -348,8 +348,8 @@ def test_head_graph_from_path_patching():
     r = torch.randint(2, spec.d_vocab, (4, 6), generator=g)
     bos = torch.zeros(4, 1, dtype=torch.long)
     clean = torch.cat([bos, r, r], 1)
-    corrupted = torch.cat([bos, r, torch.randint(2, spec.d_vocab, (4, 6), generator=g)], 1)  # no repeat: nothing to induce
-    metric = hz.patching.logit_diff(r[:, 1], r[:, 2], pos=7)
+    corrupted = torch.cat([bos, torch.randint(2, spec.d_vocab, (4, 6), generator=g), r], 1)  # the first copy corrupted
+    metric = hz.patching.logit_diff(r[:, 5], (r[:, 5] + 1) % spec.d_vocab, pos=11)  # at the second r[:, 4]
     effects = hz.patching.path_patch_heads(model, clean, corrupted, metric, receivers=[(2, 0, "k")])
     graph = hz.head_graph(model, path_effects=effects, top_k=3)
     frame = graph.to_frame()
@@ -383,7 +383,7 @@ def test_head_graph_round_trip_and_refusals(tmp_path):
         hz.head_graph()
     with pytest.raises(hz.InvalidOptionError, match="top_k must be a positive integer"):
         hz.head_graph(model, top_k=0)
-    with pytest.raises(hz.InvalidOptionError, match="has no \\['q'\\] scores"):
+    with pytest.raises(hz.InvalidOptionError, match="has no \\['q', 'v'\\] scores"):
         hz.head_graph(model, composition=hz.composition_scores(model, "k", baseline=False))
     with pytest.raises(hz.InvalidOptionError, match="kinds"):
         hz.head_graph(model, kinds="qv")
