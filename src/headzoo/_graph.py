@@ -240,11 +240,11 @@ class HeadGraph(Result):
             x0, y0 = float(r.source_layer), float(r.source_head)
             x1, y1 = self._position(r.target_layer, r.target_head, r.target)
             width = 0.5 + 7.5 * float(r.weight) / scale[r.evidence]
-            label = f"{r.kind} ({r.evidence})"
+            label = html.escape(f"{r.kind} ({r.evidence})")  # plotly renders legend names as HTML
             fig.add_trace(go.Scatter(
                 x=[x0, x1], y=[y0, y1], mode="lines", line={"width": width, "color": _COLOURS.get(r.kind, "#999"),
                                                              "dash": "solid" if r.evidence == "composition" else "dot"},
-                opacity=0.7, name=html.escape(label), legendgroup=label, showlegend=label not in shown,
+                opacity=0.7, name=label, legendgroup=label, showlegend=label not in shown,
                 hovertemplate=html.escape(f"L{r.source_layer}H{r.source_head} -> {r.target} ({r.kind}, {r.evidence})")
                 + f"<br>weight {float(r.weight):.4f}<extra></extra>",
             ))
@@ -259,7 +259,7 @@ class HeadGraph(Result):
             xs.append(x)
             ys.append(y)
             names.append(t)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=names, textposition="top center",
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=[html.escape(n) for n in names], textposition="top center",
                                  textfont={"size": 9}, marker={"size": 12, "color": "#fdfdfd", "line": {"width": 1, "color": "#333"}},
                                  hovertemplate="%{text}<extra></extra>", showlegend=False))
         fig.update_xaxes(title_text="layer", dtick=1, zeroline=False)
@@ -281,7 +281,8 @@ class HeadGraph(Result):
             for sl, sh, t, k, w, ev in zip(top["source_layer"], top["source_head"], top["target"], top["kind"],
                                            top["weight"], top["evidence"])
         )
-        return (f"<div style='font-family:sans-serif;font-size:12px'><p>{html.escape(repr(self))}</p>"
+        name = html.escape(str(self._meta.get("model", {}).get("name", "")))
+        return (f"<div style='font-family:sans-serif;font-size:12px'><p>{html.escape(repr(self))} &middot; {name}</p>"
                 f"<table><thead><tr><th>from</th><th></th><th>to</th><th>kind</th><th>weight</th><th>evidence</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table></div>")
 
