@@ -83,7 +83,7 @@ def _path_edges(effects: HeadEffects, top_k: int | None) -> pd.DataFrame:
         else:
             targets.append((None, None, "logits", "logits"))
     weight = np.abs(frame["effect"].to_numpy(dtype=np.float64) - float(meta["baseline"]))
-    order = np.argsort(-weight, kind="stable")[:top_k]
+    order = [i for i in np.argsort(-weight, kind="stable")[:top_k] if weight[i] > 0]  # no change: no path
     layers, heads = frame["layer"].to_numpy(), frame["head"].to_numpy()
     evidence = "path_patching" if len(targets) == 1 else f"path_patching (jointly into {len(targets)} receivers)"
     rows = [(int(layers[i]), int(heads[i]), t_layer, t_head, label, kind, float(weight[i]), evidence)
@@ -106,8 +106,8 @@ def head_graph(
       :func:`hz.composition_scores` when ``composition`` is not given and no ``path_effects``
       are either.
     - Path patching: each ``hz.patching.path_patch_heads`` result adds edges from its ``top_k``
-      sender heads (largest ``|effect - baseline|``) to each of its receivers (a head's query,
-      key or value, an MLP, or the logits).
+      sender heads (largest ``|effect - baseline|``, leaving out senders that change nothing)
+      to each of its receivers (a head's query, key or value, an MLP, or the logits).
 
     Weights of the two kinds of evidence are on different scales (a score above random, a
     change of the metric); ``evidence`` says which, and the plot scales each on its own.
