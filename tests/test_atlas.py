@@ -388,3 +388,22 @@ def test_two_models_of_one_shape_never_share_a_cache_entry(tmp_path, monkeypatch
     assert calls == []
     pd.testing.assert_frame_equal(again.scores.to_frame(), fresh_b)
     assert again.meta["weights_fingerprint"] == from_b.meta["weights_fingerprint"]
+
+
+def test_cards_list_composition_partners(demo_atlas):
+    """The planted induction head reads from the planted previous-token head (K-composition),
+    and that head writes to it: first in both lists, on the card and in the page's data."""
+    heads = {(h["layer"], h["head"]): h for h in demo_atlas.heads}
+    reads = heads[(2, 3)]["reads_from"]
+    assert (reads[0]["layer"], reads[0]["head"], reads[0]["kind"]) == (0, 2, "k")
+    assert reads[0]["excess"] > 0 and reads[0]["score"] == pytest.approx(reads[0]["excess"] + demo_atlas.meta["composition"]["baseline"], abs=2e-4)
+    writes = heads[(0, 2)]["writes_to"]
+    assert (writes[0]["layer"], writes[0]["head"], writes[0]["kind"]) == (2, 3, "k")
+    assert all(len(h["reads_from"]) <= 3 and len(h["writes_to"]) <= 3 for h in demo_atlas.heads)
+    assert not any(h["reads_from"] for h in demo_atlas.heads if h["layer"] == 0)
+    assert all(e["excess"] > 0 for h in demo_atlas.heads for e in h["reads_from"] + h["writes_to"])
+    data = json.loads(PAYLOAD.search(demo_atlas.html()).group(1))
+    card = next(h for h in data["heads"] if (h["layer"], h["head"]) == (2, 3))
+    assert card["reads_from"][0] == {"layer": 0, "head": 2, "kind": "k", "score": reads[0]["score"], "excess": reads[0]["excess"]}
+    assert data["meta"]["composition_note"] is None
+    assert 'id="card-reads"' in demo_atlas.html() and 'id="card-writes"' in demo_atlas.html()

@@ -96,6 +96,13 @@ def test_atlas_opens_offline_renders_and_opens_a_card(browser, tmp_path):
     assert "induction" in page.inner_text("#card-labels")
     page.wait_for_selector("#card-pattern svg, #card-pattern canvas, #card-pattern table")
     assert page.locator("#card-promotes tbody tr").count() == 5
+    # composition partners: the previous-token head first under "Reads from"; a click opens its card
+    assert page.locator("#card-reads tbody tr").first.inner_text().startswith("L0H2")
+    assert "K-composition" in page.locator("#card-reads tbody tr").first.inner_text()
+    page.locator("#card-reads tbody tr td.head-link").first.click()
+    page.wait_for_function("document.getElementById('card-title').textContent.includes('L0H2')")
+    assert page.locator("#card-writes tbody tr").first.inner_text().startswith("L2H3")
+    assert "first layer" in page.inner_text("#card-reads")
     # a real mouse click on a heatmap cell opens that head: layer 1, head 1 of duplicate_token
     page.locator("#heatmap-duplicate_token").scroll_into_view_if_needed()
     area = page.locator("#heatmap-duplicate_token .nsewdrag").bounding_box()

@@ -20,7 +20,7 @@ from headzoo.testing import PlantSpec
 
 SPEC = PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=66, n_ctx=64,
                  previous_token=(0, 1), duplicate_token=(1, 2), induction=(2, 0), seed=11)
-KINDS = ["HeadScores", "HeadEffects", "MaskingCurve", "NeedleRun", "NeedleRun-masked"]
+KINDS = ["HeadScores", "HeadEffects", "MaskingCurve", "NeedleRun", "NeedleRun-masked", "CompositionScores", "HeadGraph"]
 # A hostile string: markup, and the checksum's own marker with 64 hex digits, which must not
 # be mistaken for the checksum field when it sits in a saved result.
 HOSTILE = "<script>alert(1)</script>" + _MARK.decode() + "ab" * 32
@@ -58,6 +58,10 @@ def build(kind: str):
         out = hz.decode_needles(model, _probe().build(model))
     elif kind == "NeedleRun-masked":
         out = hz.decode_needles(model, _probe().build(model), mask_heads=[(2, 0)], mask_method="zero")
+    elif kind == "CompositionScores":
+        out = hz.composition_scores(model, n_random=8)
+    elif kind == "HeadGraph":
+        out = hz.head_graph(model, composition=build("CompositionScores"), top_k=4)
     _BUILT[kind] = out
     return out
 
@@ -103,7 +107,7 @@ def other_kind(result) -> type:
 
 # -- the protocol ---------------------------------------------------------------------------
 def test_every_result_type_shares_one_save_and_load():
-    for cls in (hz.HeadScores, hz.HeadEffects, hz.MaskingCurve, hz.NeedleRun):
+    for cls in (hz.HeadScores, hz.HeadEffects, hz.MaskingCurve, hz.NeedleRun, hz.CompositionScores, hz.HeadGraph):
         assert issubclass(cls, Result) and cls._FORMAT == cls.__name__
         assert cls.save is Result.save and cls.load.__func__ is Result.load.__func__
 
@@ -207,6 +211,11 @@ def hostile(result):
         return hz.HeadScores(frame, meta, details={HOSTILE: result.details("induction")})
     if isinstance(result, hz.HeadEffects):
         return hz.HeadEffects(result.to_frame(), {**result.meta, "kind": HOSTILE, "direction": HOSTILE}, result._examples)
+    if isinstance(result, hz.CompositionScores):
+        return hz.CompositionScores(result.to_frame(), {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}})
+    if isinstance(result, hz.HeadGraph):
+        frame = result.to_frame().assign(evidence=HOSTILE)
+        return hz.HeadGraph(frame, {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}})
     if isinstance(result, hz.MaskingCurve):
         meta = {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}}
         return hz.MaskingCurve(result.frame.assign(method=HOSTILE), meta)

@@ -12,6 +12,7 @@ from headzoo import (
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._composition import CompositionScores, composition_scores
 from headzoo._detector import (
     STAGES,
     Detector,
@@ -43,6 +44,7 @@ from headzoo._errors import (
     UnsupportedTokenizerError,
 )
 from headzoo._function_vectors import function_vector_effects
+from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
 from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._masking import MaskingCurve, retrieval_masking
@@ -107,6 +109,10 @@ __all__ = [
     "ICL_TASKS",
     "icl_tasks",
     "function_vector_effects",
+    "composition_scores",
+    "CompositionScores",
+    "head_graph",
+    "HeadGraph",
     "OrdinalTask",
     "ORDINAL_LISTS",
     "ordinal_tasks",

@@ -2,7 +2,8 @@
 
 ``hz.build_atlas(model)`` runs the detectors (all pattern detectors share one forward pass),
 records an example attention pattern of every head on a repeated-token probe, the keys each
-head attends to most, and the tokens its OV circuit promotes and suppresses. ``atlas.write(dir)``
+head attends to most, the tokens its OV circuit promotes and suppresses, and the heads it
+reads from and writes to most (composition scores above the random baseline). ``atlas.write(dir)``
 writes ``index.html`` (opens from ``file://``, no network: plotly and circuitsvis are copied
 into ``assets/`` once), ``scores.parquet`` and ``meta.json``, each atomically.
 
@@ -26,7 +27,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, final
+from typing import Any, cast, final
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,8 @@ _FORMAT = "headzoo.HeadAtlas/1"
 _TOP_KEYS = 5
 _TOP_OV = 5
 _OV_SOURCES = 64
+_TOP_EDGES = 3  # senders and receivers a card lists
+_COMPOSITION_DRAWS = 64  # random pairs for the composition baseline (it only orders the lists)
 
 
 def json_for_script(value: Any) -> str:
@@ -166,6 +169,18 @@ class PageOvPair:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PageEdge:
+    """Another head this one composes with: ``kind`` is the receiver's input (``q``, ``k``,
+    ``v``), ``excess`` the composition score above the random baseline."""
+
+    layer: int
+    head: int
+    kind: str
+    score: float
+    excess: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PageHead:
     """One head's card."""
 
@@ -177,6 +192,8 @@ class PageHead:
     common_offset: PageOffset | None
     promotes: tuple[PageOvPair, ...]
     suppresses: tuple[PageOvPair, ...]
+    reads_from: tuple[PageEdge, ...]
+    writes_to: tuple[PageEdge, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -198,6 +215,7 @@ class PageMeta:
     model_config_hash: str | None
     weights_fingerprint: str | None
     skipped_detectors: Mapping[str, str]
+    composition_note: str | None = None  # why cards list no composition partners, when they cannot
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -231,6 +249,14 @@ def _page_head(h: Mapping[str, Any]) -> PageHead:
             for p in h.get(kind, ())
         )
 
+    def edges(kind: str) -> tuple[PageEdge, ...]:
+        return tuple(
+            PageEdge(int(e["layer"]), int(e["head"]), str(e["kind"]),
+                     _finite(e["score"], f"the composition score of head {name} ({kind} L{e['layer']}H{e['head']})"),
+                     _finite(e["excess"], f"the composition excess of head {name} ({kind} L{e['layer']}H{e['head']})"))
+            for e in h.get(kind, ())  # atlases saved before composition scores have none
+        )
+
     return PageHead(
         layer=int(h["layer"]),
         head=int(h["head"]),
@@ -245,6 +271,8 @@ def _page_head(h: Mapping[str, Any]) -> PageHead:
             int(offset["offset"]), _finite(offset["share"], f"the common-offset share of head {name}")),
         promotes=pairs("promotes"),
         suppresses=pairs("suppresses"),
+        reads_from=edges("reads_from"),
+        writes_to=edges("writes_to"),
     )
 
 
@@ -401,6 +429,32 @@ def _ov_summary(model: Any, n_sources: int, seed: int) -> tuple[dict[tuple[int, 
     return out, None
 
 
+def _composition_summary(model: Any, seed: int) -> tuple[dict[tuple[int, int], dict[str, Any]], dict[str, Any]]:
+    """Every head's strongest senders (``reads_from``) and receivers (``writes_to``) by
+    composition score above the random baseline, all kinds together; and what was computed."""
+    from headzoo._composition import composition_scores
+
+    try:
+        scores = composition_scores(model, n_random=_COMPOSITION_DRAWS, seed=seed)
+    except (UnsupportedModelError, InvalidOptionError, AttributeError) as exc:
+        return {}, {"note": f"composition scores unavailable: {exc}"}
+    frame = scores.to_frame()
+    frame = cast(pd.DataFrame, frame[frame["excess"] > 0]).sort_values("excess", ascending=False, kind="stable")
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for side, me, other in (("reads_from", "receiver", "sender"), ("writes_to", "sender", "receiver")):
+        top = frame.groupby([f"{me}_layer", f"{me}_head"], sort=False).head(_TOP_EDGES)
+        for key, layer, head, kind, score, excess in zip(
+            zip(top[f"{me}_layer"], top[f"{me}_head"]), top[f"{other}_layer"], top[f"{other}_head"], top["kind"],
+            top["score"], top["excess"],
+        ):
+            card = out.setdefault((int(key[0]), int(key[1])), {"reads_from": [], "writes_to": []})
+            card[side].append({"layer": int(layer), "head": int(head), "kind": str(kind),
+                               "score": round(float(score), 4), "excess": round(float(excess), 4)})
+    meta = scores.meta
+    return out, {"kinds": meta["kinds"], "baseline": meta["baseline"], "n_random": meta["n_random"], "seed": meta["seed"],
+                 "top": _TOP_EDGES, "note": None}
+
+
 @final
 class HeadAtlas(Result):
     """Everything the atlas page shows about one model's heads. Build with :func:`build_atlas`.
@@ -408,7 +462,8 @@ class HeadAtlas(Result):
     Attributes:
         scores: the :class:`HeadScores` of every detector run.
         heads: one dict per head: ``layer, head, labels`` (detectors over threshold),
-            ``top_keys``, ``argmax_bos``, ``common_offset``, ``promotes``, ``suppresses``.
+            ``top_keys``, ``argmax_bos``, ``common_offset``, ``promotes``, ``suppresses``,
+            ``reads_from``, ``writes_to`` (the heads it composes with most, above random).
         example_tokens: the example prompt's token strings.
         example_patterns: ``[layer, head, query, key]`` attention on the example (uint8, /255).
         meta: model name and config hash, the weights' fingerprint, versions, detector
@@ -478,6 +533,8 @@ class HeadAtlas(Result):
                 model_config_hash=self.meta.get("model_config_hash"),
                 weights_fingerprint=self.meta.get("weights_fingerprint"),
                 skipped_detectors=dict(self.meta.get("skipped_detectors", {})),
+                composition_note=self.meta.get("composition", {}).get("note")
+                if "composition" in self.meta else "composition scores were not computed for this atlas",
             ),
             n_layers=n_layers,
             n_heads=n_heads,
@@ -655,6 +712,7 @@ def build_atlas(
     strings = token_strings(model, ids.tolist())
     patterns = example_patterns(model, info, ids)
     ov, ov_note = _ov_summary(model, ov_sources, seed)
+    composition, composition_meta = _composition_summary(model, seed)
     labels = scores.labels()
     heads = []
     for layer in range(info.n_layers):
@@ -664,6 +722,7 @@ def build_atlas(
                 "layer": layer, "head": head, "labels": mine["detector"].tolist(),
                 **_key_summary(patterns[layer, head], strings),
                 **ov.get((layer, head), {"promotes": [], "suppresses": []}),
+                **composition.get((layer, head), {"reads_from": [], "writes_to": []}),
             })
     meta = {
         "format": _FORMAT,
@@ -676,6 +735,7 @@ def build_atlas(
         "seed": seed,
         "example": {"source": "user" if example is not None else "repeated_random_tokens", "seed": seed, "length": len(ids)},
         "ov": {"n_sources": ov_sources, "seed": seed, "embedding": "mlp0", "note": ov_note},
+        "composition": composition_meta,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     skipped.update(scores.meta.get("skipped_detectors", {}))

@@ -85,6 +85,28 @@ def _unbiased(module: Any, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor,
     return y - z
 
 
+@torch.no_grad()
+def norm_linear_part(module: Any, d_model: int, device: torch.device) -> tuple[bool, Float[torch.Tensor, " d_model"]]:
+    """A normalisation's linear part: ``(centres, weight)``, what folding it into the weights
+    that read its output keeps (its ``1 / scale`` is a positive number per token).
+
+    Found by probing the module, so it works for LayerNorm, RMSNorm, folded (``Pre``)
+    variants and none (``module=None``: ``(False, ones)``): it centres when it maps a constant
+    vector to zero, and its weight is read off an alternating vector that it leaves otherwise
+    unchanged.
+    """
+    if module is None:
+        return False, torch.ones(d_model, device=device)
+    ones = torch.ones(1, d_model, device=device)
+    centres = bool(_unbiased(module, ones).abs().max() < 1e-3)
+    v = torch.ones(d_model, device=device)
+    v[1::2] = -1.0
+    if centres:
+        v = v - v.mean()
+    out = _unbiased(module, v[None])[0]
+    return centres, out / (v / v.pow(2).mean().sqrt())
+
+
 def _dtype_of(module: Any, x: torch.Tensor) -> torch.dtype:
     for p in module.parameters():
         return p.dtype
@@ -205,21 +227,7 @@ class WeightCircuits:
         is read off an alternating vector that it leaves otherwise unchanged.
         """
         if "final" not in self._memo:
-            d = self.info.d_model
-            module = getattr(self.model, "ln_final", None)
-            if module is None:
-                self._memo["final"] = (False, torch.ones(d, device=self.device))
-            else:
-                with torch.no_grad():
-                    ones = torch.ones(1, d, device=self.device)
-                    centres = bool(_unbiased(module, ones).abs().max() < 1e-3)
-                    v = torch.ones(d, device=self.device)
-                    v[1::2] = -1.0
-                    if centres:
-                        v = v - v.mean()
-                    out = _unbiased(module, v[None])[0]
-                    weight = out / (v / v.pow(2).mean().sqrt())
-                self._memo["final"] = (centres, weight)
+            self._memo["final"] = norm_linear_part(getattr(self.model, "ln_final", None), self.info.d_model, self.device)
         return self._memo["final"]
 
     def _readout(self, cols: slice | Int[torch.Tensor, " c"]) -> Float[torch.Tensor, "d_model c"]:

@@ -35,6 +35,17 @@ heads around them can have any attention pattern without breaking the planted ci
   attended token into ``OUT``. ``PREV2`` is a sixth subspace, appended only when this head is
   planted; the relative-position head with offset 2 writes it.
 
+Composition partners of the previous-token head (for composition scores; induction is its
+K-composition partner). ``PREV`` is written by the previous-token head alone, so each is the
+only head that composes with it in its way:
+
+- Q-composition head: its query reads ``PREV`` (the previous token), its key the token code, so
+  it attends to the previous position and to earlier copies of the previous token; it writes
+  the attended token code into ``SCRATCH``.
+- V-composition head: attends to its own position (the copying pattern) and its value reads
+  ``PREV``, so it moves the previous token into ``SCRATCH``: with the previous-token head it
+  forms a virtual head that attends one position back.
+
 Token-feature heads (planted only with ``token_features`` from a real tokenizer, see
 :func:`features_from_tokenizer`) read four extra residual dimensions ``FEAT`` after
 ``SCRATCH`` (and ``PREV2``), present only when one of them is planted: ``is separator``, ``rarity`` (scaled
@@ -70,7 +81,9 @@ __all__ = ["PlantSpec", "TokenFeatures", "features_from_tokenizer", "planted_mod
 Head = tuple[int, int]
 
 _ROLES = ("previous_token", "induction", "duplicate_token", "copying", "successor", "copy_suppression", "sink", "dormant",
-          "subword_merge", "delimiter", "rare_token", "relation")
+          "subword_merge", "delimiter", "rare_token", "relation", "q_composition", "v_composition")
+#: roles that read what the previous-token head writes (``PREV``), so they sit above it
+_PREV_READERS = ("induction", "q_composition", "v_composition")
 #: roles built by :func:`_plant_positional` (relative position and n-gram induction)
 _POSITIONAL_ROLES = ("relative_position", "ngram_induction")
 #: the roles that read token features (``PlantSpec.token_features``) from the ``FEAT`` dimensions
@@ -107,6 +120,9 @@ class PlantSpec:
         relation_pairs: ``(source, target)`` id pairs the relation head maps (sources distinct,
             source != target). ``None``: ``min(d_head // 4, (d_vocab - 2) // 2)`` pairs from the
             top of the vocabulary, ``(v - 2m + i) -> (v - m + i)``.
+        q_composition, v_composition: ``(layer, head)`` of a head that Q-composes / V-composes
+            with the previous-token head (its query / its value reads ``PREV``); each needs the
+            previous-token head in an earlier layer. They draw no random numbers.
     """
 
     n_layers: int = 2
@@ -136,6 +152,8 @@ class PlantSpec:
     attn_only: bool = False
     relation: Head | None = None
     relation_pairs: tuple[tuple[int, int], ...] | None = None
+    q_composition: Head | None = None
+    v_composition: Head | None = None
     _planted: dict[str, Head] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -160,12 +178,14 @@ class PlantSpec:
             )
         if len(set(planted.values())) != len(planted):
             raise ValueError(f"planted heads must be distinct heads; got {planted}")
-        if self.induction is not None:
-            if self.previous_token is None or self.previous_token[0] >= self.induction[0]:
+        for role in _PREV_READERS:
+            reader = getattr(self, role)
+            if reader is not None and (self.previous_token is None or self.previous_token[0] >= reader[0]):
+                how = {"induction": "an induction head works by K-composition", "q_composition": "a q_composition head "
+                       "Q-composes", "v_composition": "a v_composition head V-composes"}[role]
                 raise ValueError(
-                    "an induction head works by K-composition with a previous-token head, which "
-                    "must sit in an earlier layer; got previous_token="
-                    f"{self.previous_token}, induction={self.induction}"
+                    f"{how} with a previous-token head, which must sit in an earlier layer; got previous_token="
+                    f"{self.previous_token}, {role}={reader}"
                 )
         _check_token_roles(self, planted)
         _check_positional(self)
@@ -431,6 +451,16 @@ def planted_state_dict(spec: PlantSpec) -> dict[str, torch.Tensor]:
                 w_q[head, pos, :c] = q_scale * eye
                 w_k[head, pos, :c] = eye
                 w_o[head, :c, out] = _relation_map(spec, codes).float()
+            elif role == "q_composition":  # the query is the previous token (PREV), the key the token
+                w_q[head, prev, :c] = q_scale * eye
+                w_k[head, tok, :c] = eye
+                w_o[head, :c, scratch] = eye
+            elif role == "v_composition":  # attends to itself; the value is the previous token (PREV)
+                w_q[head, pos, :c] = q_scale * eye
+                w_k[head, pos, :c] = eye
+                w_v[head, tok] = 0.0
+                w_v[head, prev, :c] = eye
+                w_o[head, :c, scratch] = eye
         p = f"blocks.{layer}."
         sd.update({
             p + "attn.W_Q": w_q, p + "attn.W_K": w_k, p + "attn.W_V": w_v, p + "attn.W_O": w_o,
@@ -626,7 +656,7 @@ def random_placements(
     n_layers: int, n_heads: int, seed: int, *, duplicate_token: bool = True, weights: bool = False,
     sink: bool = False, dormant: bool = False, subword_merge: bool = False, delimiter: bool = False,
     rare_token: bool = False, relative_position: bool = False, ngram_induction: bool = False,
-    relation: bool = False,
+    relation: bool = False, q_composition: bool = False, v_composition: bool = False,
 ) -> dict[str, Head]:
     """Random distinct head placements with the previous-token head below the induction head.
 
@@ -647,6 +677,9 @@ def random_placements(
         ngram_induction: also place an n-gram induction head, above both the previous-token
             head and a relative-position head (placed too; plant it with ``relative_offset=2``).
             These draws come after all others, so the other placements do not move.
+        q_composition, v_composition: also place a head that Q-composes / V-composes with the
+            previous-token head, in a layer above it. Drawn after everything else (in this
+            order), so the other placements do not move.
     """
     if n_layers < 2:
         raise ValueError("placements with an induction head need at least 2 layers")
@@ -671,6 +704,14 @@ def random_placements(
             raise ValueError(f"{n_layers} x {n_heads} heads are too few to place {['previous_token', 'induction', *extra]}")
         out[role] = free[pick(0, len(free))]
     _place_positional(out, n_layers, n_heads, pick, relative_position or ngram_induction, ngram_induction)
+    for role, on in (("q_composition", q_composition), ("v_composition", v_composition)):
+        if not on:
+            continue
+        taken = set(out.values())
+        free = [(ll, hh) for ll in range(out["previous_token"][0] + 1, n_layers) for hh in range(n_heads) if (ll, hh) not in taken]
+        if not free:
+            raise ValueError(f"{n_layers} x {n_heads} heads leave no free head above the previous-token head for {role}")
+        out[role] = free[pick(0, len(free))]
     return out
 
 

@@ -118,6 +118,16 @@
     const ov = key => h[key].length ? h[key].map(p => { const tr = el("tr"); tr.appendChild(tokCell(p.source)); tr.appendChild(el("td", "\u2192")); tr.appendChild(tokCell(p.output)); tr.appendChild(el("td", fmt(p.logit))); return tr; })
       : [(() => { const tr = el("tr"); tr.appendChild(el("td", "not computed for this model", "muted")); return tr; })()];
     fill("card-promotes", ov("promotes")); fill("card-suppresses", ov("suppresses"));
+    const KIND = { q: "Q-composition", k: "K-composition", v: "V-composition" };
+    const edges = (key, none) => h[key].length ? h[key].map(e => {
+      const tr = el("tr"); const other = data.heads.find(o => o.layer === e.layer && o.head === e.head);
+      const link = el("td", headName(e), "head-link"); if (other) link.addEventListener("click", () => select(other));
+      tr.appendChild(link); tr.appendChild(el("td", KIND[e.kind] || e.kind)); tr.appendChild(el("td", fmt(e.score)));
+      tr.appendChild(el("td", "+" + fmt(e.excess) + " over random", "muted")); return tr;
+    }) : [(() => { const tr = el("tr"); tr.appendChild(el("td", none, "muted")); return tr; })()];
+    const noComp = data.meta.composition_note || "no head composes with it above the random baseline";
+    fill("card-reads", edges("reads_from", h.layer === 0 ? "nothing: it is in the first layer" : noComp));
+    fill("card-writes", edges("writes_to", h.layer === data.n_layers - 1 ? "nothing: it is in the last layer" : noComp));
     if (location.hash !== "#" + headName(h)) history.replaceState(null, "", "#" + headName(h));
   }
   const fromHash = data.heads.find(h => "#" + headName(h) === location.hash);
