@@ -367,7 +367,7 @@ def ioi_prompts(
                 f"the IOI sentence from template {t!r} with names {slot_names} / {abc_names} does not tokenise "
                 "piece by piece although the template passed with other names; pass names= or templates= that do"
             )
-        head = [int(bos_id)] if bos else []
+        head = [int(bos_id)] if bos and bos_id is not None else []  # (checked above: bos needs an id)
         ids_c, ids_x = head + clean[0], head + corrupt[0]
         slots = [p + len(head) for p in clean[1]]
         io_slot = slots[order.index("IO")]
