@@ -22,7 +22,7 @@ from headzoo._registry import builtin_detectors_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = [
-    "copy_suppression", "copying", "current_token", "delimiter", "dormant", "duplicate_token", "first_token",
+    "copy_suppression", "copying", "current_token", "delimiter", "dormant", "duplicate_token", "first_token", "function_vector",
     "induction", "ngram_induction", "previous_token", "rare_token", "relation", "relative_position", "retrieval",
     "streaming", "subword_merge", "successor",
 ]

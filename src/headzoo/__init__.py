@@ -42,6 +42,8 @@ from headzoo._errors import (
     UnsupportedModelError,
     UnsupportedTokenizerError,
 )
+from headzoo._function_vectors import function_vector_effects
+from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
@@ -100,6 +102,10 @@ __all__ = [
     "WeightCircuits",
     "OVRanks",
     "rank_cutoff",
+    "ICLTask",
+    "ICL_TASKS",
+    "icl_tasks",
+    "function_vector_effects",
     "OrdinalTask",
     "ORDINAL_LISTS",
     "ordinal_tasks",

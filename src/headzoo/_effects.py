@@ -16,7 +16,7 @@ from headzoo._results import colour
 
 __all__ = ["HeadEffects"]
 
-_INDEX = ("layer", "head", "kv_head", "pos", "dest_pos", "src_pos")
+_INDEX = ("layer", "head", "kv_head", "pos", "dest_pos", "src_pos", "group")
 
 
 @final
@@ -39,8 +39,8 @@ class HeadEffects(Result):
     _FORMAT = "HeadEffects"
 
     def __init__(self, frame: pd.DataFrame, meta: dict[str, Any], examples: np.ndarray | None = None) -> None:
-        if "effect" not in frame.columns or "layer" not in frame.columns:
-            raise ValueError("HeadEffects needs columns layer and effect")
+        if "effect" not in frame.columns or not ({"layer", "group"} & set(frame.columns)):
+            raise ValueError("HeadEffects needs an effect column and a layer (or, for sender groups, a group) column")
         frame = frame.reset_index(drop=True).copy()
         for col in frame.columns:
             frame[col] = frame[col].astype("int64" if col in _INDEX else "float64")
@@ -54,11 +54,13 @@ class HeadEffects(Result):
 
     @classmethod
     def from_values(
-        cls, index: list[tuple[int, ...]], axes: tuple[str, ...], values: Any, meta: dict[str, Any], *, seed: int = 0
+        cls, index: list[tuple[int, ...]], axes: tuple[str, ...], values: Any, meta: dict[str, Any], *, seed: int = 0,
+        columns: tuple[str, ...] | None = None,
     ) -> HeadEffects:
-        """Build from index tuples (``layer`` first) and ``[n]`` or ``[n, batch]`` values."""
+        """Build from index tuples (``layer`` first, then ``axes``; or named by ``columns``)
+        and ``[n]`` or ``[n, batch]`` values."""
         values = np.asarray(values, dtype=np.float64)
-        frame = pd.DataFrame(index, columns=["layer", *axes])
+        frame = pd.DataFrame(index, columns=list(columns) if columns is not None else ["layer", *axes])
         examples = None
         if values.ndim == 2:
             examples = values
@@ -108,6 +110,8 @@ class HeadEffects(Result):
 
     def matrix(self, column: str = "effect") -> pd.DataFrame:
         """``layer x head`` (or ``layer x pos``) table, averaging any other index axis."""
+        if "layer" not in self._frame.columns:
+            raise ValueError("these effects are per sender group (path_patch), not per layer: read to_frame() or plot()")
         other = [c for c in self.index_columns if c != "layer"]
         if not other:
             raise ValueError("effects have no axis besides layer")
@@ -136,6 +140,8 @@ class HeadEffects(Result):
         import plotly.graph_objects as go
 
         idx = self.index_columns
+        if "layer" not in idx:  # sender groups of path patching: one bar per group
+            return self.plot_top(len(self._frame), by="effect")
         if "head" in idx and "pos" in idx:
             frame = cast(pd.Series, self._frame.groupby(["layer", "head", "pos"])[column].mean()).unstack("pos")
             table = frame.copy()

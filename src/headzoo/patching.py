@@ -19,6 +19,7 @@ bootstrap intervals). The helpers below build common ones.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from headzoo._effects import HeadEffects
 from headzoo._errors import InvalidOptionError
 from headzoo._models import library_versions, model_info
 from headzoo._patching import SITES, Direction, PatchResult, current_lengths, run_attribution, run_patching
+from headzoo._path_patching import parse_groups, parse_receivers, reachable_senders, run_path_patching
 from headzoo._tokens import pad_right
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "patch_residual",
     "patch_attn_out",
     "patch_mlp_out",
+    "path_patch",
+    "path_patch_heads",
     "logit_diff",
     "prob",
     "log_prob",
@@ -116,13 +120,13 @@ def patch(
 
 
 def _effects(model: Any, out: PatchResult, site: Any, kind: str, by_pos: bool, direction: str, per_example: bool,
-             positions: Any, method: str) -> HeadEffects:
+             positions: Any, method: str, axes: tuple[str, ...] | None = None, **extra: Any) -> HeadEffects:
     info = model_info(model)
     reduce = (lambda t: float(t.mean())) if per_example else (lambda t: float(t))
     meta = {
         "format": "headzoo.HeadEffects/1",
         "kind": kind,
-        "by_pos": by_pos or site.axes[-1:] == ("pos",),
+        "by_pos": by_pos or (site is not None and tuple(site.axes)[-1:] == ("pos",)),
         "direction": direction,
         "baseline": reduce(out.baseline),
         "source": reduce(out.source),
@@ -132,8 +136,11 @@ def _effects(model: Any, out: PatchResult, site: Any, kind: str, by_pos: bool, d
         "versions": library_versions(),
         "method": method,
         "engine": out.engine,
+        **extra,
     }
-    return HeadEffects.from_values(out.index, site.axes, out.values.numpy(), meta)
+    if axes == ("group",):  # path patching of sender groups: one row per group, no layer axis
+        return HeadEffects.from_values(out.index, (), out.values.numpy(), meta, columns=("group",))
+    return HeadEffects.from_values(out.index, axes if axes is not None else tuple(site.axes) if site is not None else (), out.values.numpy(), meta)
 
 
 def attribution_patch(
@@ -216,6 +223,104 @@ def patch_mlp_out(model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: 
 
 
 # -- metrics ------------------------------------------------------------------------------------
+
+
+def path_patch(
+    model: Any,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    senders: Sequence[tuple[int, int]] | Sequence[Sequence[tuple[int, int]]],
+    receivers: str | Sequence[tuple[Any, ...]] = "logits",
+    freeze_mlps: bool = False,
+    direction: Direction = "denoise",
+    per_example: bool = False,
+    positions: int | Sequence[int] | str | None = "auto",
+    memory_mb: float = 512.0,
+    progress: bool | None = None,
+) -> HeadEffects:
+    """Path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): the senders' outputs from
+    the donor run reach only the receivers' chosen inputs.
+
+    With ``direction="denoise"`` (default) the senders' clean outputs are patched into the
+    corrupted run while every other head stays frozen at its corrupted output; MLPs are
+    recomputed (the convention of Wang et al. and the ARENA exercises) unless
+    ``freeze_mlps=True`` (frozen at their corrupted outputs: the strict direct path). The
+    receivers' inputs from that run are then patched into a fresh corrupted run, and the metric
+    is read there. ``direction="noise"`` swaps the runs (corrupted outputs into the clean run,
+    others frozen at their clean outputs: the IOI paper's setting).
+
+    Args:
+        senders: ``[(layer, head), ...]`` patched together, or a list of such lists: one result
+            row per group, the groups sharing forward passes.
+        receivers: ``"logits"`` (the direct path to the output), or a list of
+            ``(layer, head, "q"|"k"|"v")`` (a head's query, key or value input; for
+            grouped-query models a key or value receiver names a query head and patches its
+            key-value head, shared by its group) and ``(layer, "mlp")`` (an MLP's input).
+        freeze_mlps, direction, per_example, positions, memory_mb, progress: as above and as
+            in :func:`patch`.
+
+    Returns:
+        :class:`hz.HeadEffects` with columns ``group`` and ``effect`` (the metric on the patched
+        run); ``meta["senders"]`` lists each group's heads, ``meta["receivers"]`` the receivers.
+        A group whose heads sit at or above every receiver has no path to them: its effect is
+        the baseline.
+    """
+    info = model_info(model)
+    groups = parse_groups(senders, info)
+    out, recs = run_path_patching(
+        model, clean_tokens, corrupted_tokens, metric, groups, receivers, freeze_mlps=freeze_mlps, direction=direction,
+        per_example=per_example, positions=positions, memory_mb=memory_mb, progress=progress,
+    )
+    return _effects(model, out, None, "path", False, direction, per_example, positions, method="exact", axes=("group",),
+                    senders=[[list(h) for h in g] for g in groups], receivers=[r.label() for r in recs], freeze_mlps=freeze_mlps)
+
+
+def path_patch_heads(
+    model: Any,
+    clean_tokens: Any,
+    corrupted_tokens: Any,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    receivers: str | Sequence[tuple[Any, ...]] = "logits",
+    senders: Sequence[tuple[int, int]] | None = None,
+    freeze_mlps: bool = False,
+    direction: Direction = "denoise",
+    per_example: bool = False,
+    positions: int | Sequence[int] | str | None = "auto",
+    memory_mb: float = 512.0,
+    progress: bool | None = None,
+) -> HeadEffects:
+    """Path-patch each sender head alone into ``receivers`` (see :func:`path_patch`).
+
+    Args:
+        senders: the heads to sweep; ``None``: every head below the last receiver (every head
+            for ``"logits"``).
+
+    Returns:
+        :class:`hz.HeadEffects` with columns ``layer``, ``head``, ``effect``, one row per sender.
+    """
+    info = model_info(model)
+    has_mlps = not bool(getattr(model.cfg, "attn_only", False))
+    recs = parse_receivers(receivers, info, has_mlps)
+    if senders is None:
+        heads = reachable_senders(recs, info)
+    else:
+        groups = parse_groups(senders, info)
+        if len(groups) != 1:
+            raise InvalidOptionError("path_patch_heads sweeps single heads: pass senders=[(layer, head), ...]; "
+                                     "for groups patched together use path_patch")
+        heads = groups[0]
+    if not heads:
+        raise InvalidOptionError(f"no head sits below the receivers {[r.label() for r in recs]}, so no path reaches them")
+    out, recs = run_path_patching(
+        model, clean_tokens, corrupted_tokens, metric, [[h] for h in heads], receivers, freeze_mlps=freeze_mlps,
+        direction=direction, per_example=per_example, positions=positions, memory_mb=memory_mb, progress=progress,
+    )
+    out = dataclasses.replace(out, index=[tuple(h) for h in heads])
+    return _effects(model, out, None, "path", False, direction, per_example, positions, method="exact", axes=("head",),
+                    receivers=[r.label() for r in recs], freeze_mlps=freeze_mlps)
 
 
 def _answers(ids: Any, name: str) -> torch.Tensor:

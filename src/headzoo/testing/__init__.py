@@ -20,6 +20,11 @@ from headzoo.testing._conformance import (
     RuleResult,
     check_detector,
 )
+from headzoo.testing._function_vector import (
+    FUNCTION_VECTOR_SEPARATOR,
+    function_vector_model,
+    function_vector_placements,
+)
 from headzoo.testing._planted import (
     PlantSpec,
     TokenFeatures,
@@ -31,6 +36,9 @@ from headzoo.testing._planted import (
 from headzoo.testing._tokenizer import bpe_tokenizer, sentencepiece_tokenizer, word_tokenizer, wordpiece_tokenizer
 
 __all__ = [
+    "FUNCTION_VECTOR_SEPARATOR",
+    "function_vector_model",
+    "function_vector_placements",
     "RULES",
     "ConformanceReport",
     "PlantSpec",
