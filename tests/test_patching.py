@@ -469,3 +469,23 @@ def test_prefix_reuse_on_a_hugging_face_model(hf_gpt2):
         engine = effects.meta["engine"]
         assert engine["prefix_reused"] == 6 and "prefix_not_reused" not in engine
         assert (as_tensor(effects, tuple(reference.shape)) - reference).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("receivers", [[(2, 1, "q"), (2, 3, "k")], [(1, 0, "v"), (2, "mlp")], "logits"])
+def test_path_patching_reuses_the_prefix_with_the_same_numbers(receivers):
+    """Path patching runs on the same prefix engine: corrupted from the middle on, its two steps
+    compute the suffix only and equal the plain two-step reference written with full forwards."""
+    from test_effective_embedding import random_model
+    from test_path_patching import reference
+
+    model = random_model("bridge", seed=4, n_layers=3, n_ctx=24, normalization_type="LN")
+    clean = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    corrupted = corrupt_from(clean, "middle")
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    for freeze in (False, True):
+        got = hz.patching.path_patch(model, clean, corrupted, metric, senders=[[(0, 2)], [(0, 1), (1, 3)]],
+                                     receivers=receivers, freeze_mlps=freeze)
+        assert got.meta["engine"]["prefix_reused"] == 5 and "prefix_not_reused" not in got.meta["engine"]
+        for i, group in enumerate([[(0, 2)], [(0, 1), (1, 3)]]):
+            want = reference(model, clean, corrupted, metric, group, receivers, freeze)
+            assert abs(got.to_frame()["effect"].iloc[i] - want) < 1e-4, (receivers, freeze, group)

@@ -167,6 +167,52 @@ class _Runner:
     def __init__(self, model: Any, read: list[int] | None = None) -> None:
         self.model = model
         self.read = read  # positions whose logits the metric reads (None: all)
+        # set by share_prefix once a suffix-only run has been checked on the real inputs
+        self.prefix: Prefix | None = None
+        self.prefix_logits: torch.Tensor | None = None
+
+    @property
+    def shift(self) -> int:
+        """How many leading positions hooks outside the attention do not see (the shared prefix)."""
+        return self.prefix.length if self.prefix is not None else 0
+
+    def restart(self, resid: torch.Tensor, layer: int, copies: int, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
+        """The receiving run from ``layer`` on, ``copies`` times one after the other; ``resid``
+        ``[batch, pos, d]`` is its residual stream entering that layer. Only the positions after
+        the shared prefix run when one is set (hooks outside the attention then see those only).
+        Same layout as :meth:`from_layer`."""
+        if self.prefix is None or self.prefix_logits is None:
+            return self.from_layer(resid.repeat(copies, *([1] * (resid.ndim - 1))), layer, hooks)
+        return self.suffix(resid[:, self.shift :].repeat(copies, 1, 1), layer, hooks, self.prefix, self.prefix_logits)
+
+    def share_prefix(self, capture: tuple[list, Prefix] | None, restarts: bool, resid: dict[int, torch.Tensor],
+                     first: int, base_logits: torch.Tensor, seq: int, p0: int) -> str:
+        """Set the prefix to reuse, after checking that the suffix-only run from ``first``
+        reproduces the model's own forward (``base_logits``) on these inputs; return why not
+        (``""`` when it is set). Needs :attr:`read` settled and a working layer restart."""
+        self.prefix = self.prefix_logits = None
+        if p0 == 0 or p0 >= seq:
+            return "clean and corrupted differ at position 0" if p0 == 0 else "clean and corrupted are the same"
+        if not restarts:
+            return "the layer restart does not reproduce this model's forward"
+        if capture is None:
+            return "the model has no attention-input hook to read the prefix from"
+        prefix = capture[1]
+        p = prefix.length
+        if self.read is not None and not any(q >= p for q in self.read):
+            return f"the metric reads only positions before the first difference ({p})"
+        early = base_logits[:, [q for q in self.read if q < p] if self.read is not None else slice(0, p)]
+        want = self.expand(base_logits[:, self.read] if self.read is not None else base_logits, seq)
+        try:
+            with torch.no_grad():
+                again = self.expand(self.suffix(resid[first][:, p:], first, [], prefix, early), seq)
+        except (RuntimeError, ValueError, IndexError, TypeError, UnsupportedModelError) as exc:
+            # e.g. an attention that cannot take a longer input than its block
+            return f"running the suffix alone failed on this model ({type(exc).__name__})"
+        if not torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True):
+            return "running the suffix alone did not reproduce this model's forward"
+        self.prefix, self.prefix_logits = prefix, early
+        return ""
 
     def full(self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
         out = run(self.model, tokens, edit=hooks, logits="all" if self.read is None else self.read)
@@ -432,9 +478,8 @@ def run_patching(
         warn_once(f"headzoo patching reruns every layer of this {type(model).__name__} for each patch: restarting "
                   "at the patched layer did not reproduce its forward pass. The numbers are the same, only slower; "
                   "the result's meta['engine']['reused_layers'] records it.")
-    prefix, why = _prefix_check(run, capture, reuse, resid, first, base_logits, want, seq, p0)
-    p = prefix.length if prefix is not None else 0
-    prefix_logits = base_logits[:, [q for q in run.read if q < p] if run.read is not None else slice(0, p)]
+    why = run.share_prefix(capture, reuse, resid, first, base_logits, seq, p0)
+    p = run.shift
     vocab_out = base_logits.shape[-1]
     del base_logits
 
@@ -459,7 +504,7 @@ def run_patching(
     show = progress if progress is not None else len(plan.layers) * len(per_layer) > 64
     bar = tqdm(total=len(plan.layers) * len(per_layer), desc=f"headzoo patch {site.name}", disable=not show, leave=False)
     # hooks outside the attention see only the suffix when the prefix is reused
-    shift = p if prefix is not None and _outside_attention(site) else 0
+    shift = p if _outside_attention(site) else 0
     try:
         with torch.no_grad():
             for layer in plan.layers:
@@ -483,12 +528,8 @@ def run_patching(
                             act[(slice(j * batch, (j + 1) * batch), *dst)] = donor_act[(slice(None), *src)]
                         return act
 
-                    if prefix is not None:
-                        inputs = resid[layer][:, p:].repeat(g, 1, 1)
-                        logits = run.suffix(inputs, layer, [(hooks[layer], patch)], prefix, prefix_logits)
-                    elif reuse:
-                        inputs = resid[layer].repeat(g, *([1] * (resid[layer].ndim - 1)))
-                        logits = run.from_layer(inputs, layer, [(hooks[layer], patch)])
+                    if reuse:
+                        logits = run.restart(resid[layer], layer, g, [(hooks[layer], patch)])
                     else:
                         logits = run.full(receiver.repeat(g, 1), [(hooks[layer], patch)])
                     for j, idx in enumerate(chunk):
@@ -518,36 +559,6 @@ _INSIDE_ATTENTION = ("q", "k", "v", "z", "pattern")
 
 def _outside_attention(site: Site) -> bool:
     return site.hook not in _INSIDE_ATTENTION
-
-
-def _prefix_check(
-    run: _Runner, capture: tuple[list, Prefix] | None, reuse: bool, resid: dict[int, torch.Tensor], first: int,
-    base_logits: torch.Tensor, want: torch.Tensor, seq: int, p0: int,
-) -> tuple[Prefix | None, str]:
-    """The prefix to reuse, or ``(None, why not)``: only when the layer restart works, the
-    metric reads a logit after the prefix, and the suffix-only run reproduces the model's own
-    forward on these inputs."""
-    if p0 == 0 or p0 >= seq:
-        return None, "clean and corrupted differ at position 0" if p0 == 0 else "clean and corrupted are the same"
-    if capture is None:
-        return None, ("the layer restart does not apply to this model" if not reuse
-                      else "the model has no attention-input hook to read the prefix from")
-    if not reuse:
-        return None, "the layer restart does not reproduce this model's forward"
-    prefix = capture[1]
-    p = prefix.length
-    if run.read is not None and not any(q >= p for q in run.read):
-        return None, f"the metric reads only positions before the first difference ({p})"
-    prefix_logits = base_logits[:, [q for q in run.read if q < p] if run.read is not None else slice(0, p)]
-    try:
-        with torch.no_grad():
-            again = run.expand(run.suffix(resid[first][:, p:], first, [], prefix, prefix_logits), seq)
-    except (RuntimeError, ValueError, IndexError, TypeError, UnsupportedModelError) as exc:
-        # a model whose attention cannot take a longer input than its block: recompute the prefix
-        return None, f"running the suffix alone failed on this model ({type(exc).__name__})"
-    if not torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True):
-        return None, "running the suffix alone did not reproduce this model's forward"
-    return prefix, ""
 
 
 def _product(ranges: list[range]) -> list[tuple[int, ...]]:
