@@ -93,7 +93,7 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
     return result, best, peak
 
 
-def bench(shape: Shape, name: str, batch: int, seq: int, repeats: int, extras: bool) -> list[dict[str, Any]]:
+def bench(shape: Shape, name: str, batch: int, seq: int, repeats: int, extras: bool, only: str = "both") -> list[dict[str, Any]]:
     import torch
     from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
@@ -109,6 +109,8 @@ def bench(shape: Shape, name: str, batch: int, seq: int, repeats: int, extras: b
         model(clean[:1, :4])  # warm-up
     rows = []
     for corruption, corrupted in corruptions(clean, shape.d_vocab).items():
+        if only not in ("both", corruption):
+            continue
         def tl(corrupted: Any = corrupted) -> Any:
             with torch.no_grad():
                 _, cache = model.run_with_cache(clean)
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1, help="best of R timed runs per side")
     parser.add_argument("--shape", choices=["gpt2-small", "6x8x256", "both"], default="both")
+    parser.add_argument("--corruption", choices=["random flip", "IOI-like", "both"], default="both")
     args = parser.parse_args()
     batch = args.batch or (2 if args.quick else 8)
     if args.small:
@@ -163,7 +166,7 @@ def main() -> None:
     print(f"batch {batch} x {args.seq} tokens, vocabulary 50257 (smoke: {SMALL.d_vocab}); {torch.get_num_threads()} threads; "
           f"best of {args.repeats}")
     for name, shape in shapes:
-        rows = bench(shape, name, batch, args.seq, args.repeats, extras=not args.quick)
+        rows = bench(shape, name, batch, args.seq, args.repeats, extras=not args.quick, only=args.corruption)
         print(f"\n{name}: {shape.n_layers} layers x {shape.n_heads} heads, d_model {shape.d_model}")
         tl_time: dict[str, float] = {}
         for row in rows:
