@@ -489,3 +489,19 @@ def test_path_patching_reuses_the_prefix_with_the_same_numbers(receivers):
         for i, group in enumerate([[(0, 2)], [(0, 1), (1, 3)]]):
             want = reference(model, clean, corrupted, metric, group, receivers, freeze)
             assert abs(got.to_frame()["effect"].iloc[i] - want) < 1e-4, (receivers, freeze, group)
+
+
+def test_path_patching_with_a_receiver_below_every_sender():
+    """A receiver below the senders reads its own value; path patching must not look for a
+    record that step 1 (started at the senders' layer) never made."""
+    from test_effective_embedding import random_model
+    from test_path_patching import reference
+
+    model = random_model("bridge", seed=4, n_layers=3, n_ctx=24, normalization_type="LN")
+    clean = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    corrupted = corrupt_from(clean, "middle")
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    receivers = [(0, 1, "q"), (2, 0, "k")]
+    for group in ([(1, 3)], [(1, 0), (1, 2)]):  # alone in its forward: step 1 starts at layer 1
+        got = hz.patching.path_patch(model, clean, corrupted, metric, senders=group, receivers=receivers)
+        assert abs(got.to_frame()["effect"].iloc[0] - reference(model, clean, corrupted, metric, group, receivers)) < 1e-4

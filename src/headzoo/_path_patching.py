@@ -351,6 +351,9 @@ def _patched_chunk(
     # step 2: only the receivers' inputs replaced, everything else computed as usual
     def replace(name: str, layer_recs: list[Receiver]) -> Callable:
         def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if name not in recorded:
+                # step 1 started above this receiver: no sender of the chunk can reach it
+                return act
             act = act.clone()
             new = recorded[name].to(act.dtype)
             for r in layer_recs:
