@@ -80,16 +80,21 @@ def corruptions(clean: Any, vocab: int, seed: int = 0) -> dict[str, Any]:
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
-    """``(result, best seconds, peak extra MiB)`` of ``repeats`` calls."""
+    """``(result, best seconds, peak extra MiB)`` of ``repeats`` calls; the peak is NaN when
+    the kernel's peak-RSS mark could not be reset (the fallback, the process's lifetime peak,
+    would report the model build's transient memory instead)."""
+    import gc
+
     best, peak = float("inf"), 0.0
     result = None
     for _ in range(repeats):
-        reset = _reset_peak()
+        gc.collect()
+        reset = any(_reset_peak() for _ in range(5))
         before = _rss_kib()
         start = time.perf_counter()
         result = fn()
         best = min(best, time.perf_counter() - start)
-        peak = max(peak, (_peak_kib(reset) - before) / 1024)
+        peak = max(peak, (_peak_kib(reset) - before) / 1024) if reset else float("nan")
     return result, best, peak
 
 
