@@ -338,3 +338,170 @@ def test_a_model_without_the_hook_is_refused():
 
     with pytest.raises(hz.MissingHooksError, match="hook_z"):
         hz.patching.patch_heads(Hidden(model), clean, corrupted, hz.patching.logit_diff(answer, answer + 1, pos=pos))
+
+
+# -- prefix reuse ---------------------------------------------------------------------------------
+
+GQA_ROTARY = dict(normalization_type="RMS", n_key_value_heads=2, positional_embedding_type="rotary")
+
+
+def corrupt_from(clean: torch.Tensor, where: str, seed: int = 4) -> torch.Tensor:
+    """``clean`` with new tokens at position 0, in the middle (two positions, IOI-like) or at
+    the last position only."""
+    g = torch.Generator().manual_seed(seed)
+    corrupted = clean.clone()
+    seq = clean.shape[1]
+    at = {"start": [0, seq // 2], "middle": [seq // 2, seq - 1], "last": [seq - 1]}[where]
+    for pos in at:
+        corrupted[:, pos] = (clean[:, pos] + 1 + torch.randint(0, 40, (clean.shape[0],), generator=g)) % 50
+    return corrupted
+
+
+def without_attention_input_hooks(model):
+    """The same model, hiding the hooks prefix reuse reads the prefix through."""
+
+    class Hidden:
+        def __getattr__(self, name):
+            if name == "hook_dict":
+                return {k: v for k, v in model.hook_dict.items() if not k.endswith(("attn.hook_in", "ln1.hook_normalized"))}
+            return getattr(model, name)
+
+        def __call__(self, *args, **kwargs):
+            return model(*args, **kwargs)
+
+    return Hidden()
+
+
+# every kind on a GPT-2-like model, the attention kinds again on a grouped-query rotary one
+PREFIX_CASES = [("LN", kind, by_pos) for kind, by_pos in TL_FUNCTIONS] + [
+    ("GQA_ROTARY", kind, by_pos) for kind, by_pos in [("z", True), ("q", True), ("k", False), ("v", True), ("pattern", True), ("resid_pre", False)]
+]
+
+
+@pytest.mark.parametrize("config,kind,by_pos", PREFIX_CASES)
+def test_prefix_reuse_equals_transformer_lens(config, kind, by_pos):
+    """Corrupted from the middle on: patched runs compute the suffix only, same numbers."""
+    from test_effective_embedding import random_model
+
+    extra = GQA_ROTARY if config == "GQA_ROTARY" else dict(normalization_type="LN")
+    model = random_model("bridge", seed=5, n_ctx=24, **extra)
+    clean = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(2))
+    corrupted = corrupt_from(clean, "middle")
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    _, cache = model.run_with_cache(clean)
+    reference = getattr(tl_patching, TL_FUNCTIONS[(kind, by_pos)])(model, corrupted, cache, metric).double()
+    effects = hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos=by_pos, progress=False)
+    engine = effects.meta["engine"]
+    assert engine["prefix_reused"] == engine["first_difference"] == 4 and "prefix_not_reused" not in engine
+    assert (as_tensor(effects, tuple(reference.shape)) - reference).abs().max() < 1e-4
+    if kind in ("resid_pre", "resid_mid", "attn_out", "mlp_out"):
+        # patches before the first difference write the run's own values: the baseline, not rerun
+        assert engine["prefix_patches_baseline"] == 4 * model.cfg.n_layers
+        inside = effects.to_frame().query("pos < 4")["effect"]
+        assert (inside == effects.meta["baseline"]).all()
+
+
+@pytest.mark.parametrize("where,reused", [("start", 0), ("last", 7)])
+@pytest.mark.parametrize("kind,by_pos", [("z", False), ("z", True), ("resid_pre", False), ("pattern", True)])
+def test_prefix_reuse_at_either_end(where, reused, kind, by_pos):
+    from test_effective_embedding import random_model
+
+    model = random_model("bridge", seed=3, n_ctx=24, normalization_type="LN")
+    clean = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(7))
+    corrupted = corrupt_from(clean, where)
+    # reads every position: the logits inside the prefix come from the unpatched run
+    metric = lambda logits: logits[..., 3].mean() - logits[..., 5].mean()  # noqa: E731
+    _, cache = model.run_with_cache(clean)
+    reference = getattr(tl_patching, TL_FUNCTIONS[(kind, by_pos)])(model, corrupted, cache, metric).double()
+    effects = hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos=by_pos, progress=False)
+    assert effects.meta["engine"]["prefix_reused"] == reused
+    assert effects.meta["engine"]["read_positions"] is None
+    if reused == 0:
+        assert effects.meta["engine"]["prefix_not_reused"] == "clean and corrupted differ at position 0"
+    assert (as_tensor(effects, tuple(reference.shape)) - reference).abs().max() < 1e-4
+
+
+def test_prefix_reuse_with_ragged_rows_and_a_fallback_with_the_same_numbers():
+    """Rows of different lengths share the prefix before the batch's first difference; a model
+    without the hooks to read the prefix falls back, says why, and gives the same numbers."""
+    from test_effective_embedding import random_model
+
+    model = random_model("bridge", seed=5, n_ctx=24, **GQA_ROTARY)
+    g = torch.Generator().manual_seed(9)
+    clean = [torch.randint(0, 50, (n,), generator=g) for n in (9, 12, 7)]
+    corrupted = [c.clone() for c in clean]
+    for c, at in zip(corrupted, (5, 8, 6)):
+        c[at] = (c[at] + 7) % 50
+    correct = torch.tensor([int(c[0]) for c in clean])
+    wrong = torch.tensor([int(c[1]) for c in clean])
+    metric = hz.patching.logit_diff(correct, wrong, per_example=True)
+    reused = hz.patching.patch_heads(model, clean, corrupted, metric, by_pos=True, per_example=True, progress=False)
+    plain = hz.patching.patch_heads(without_attention_input_hooks(model), clean, corrupted, metric, by_pos=True,
+                                    per_example=True, progress=False)
+    assert reused.meta["engine"]["prefix_reused"] == 5 and reused.meta["engine"]["lengths"] == [9, 12, 7]
+    assert plain.meta["engine"]["prefix_reused"] == 0
+    assert "attention-input hook" in plain.meta["engine"]["prefix_not_reused"]
+    mine, theirs = reused.per_example(), plain.per_example()
+    assert mine.drop(columns="effect").equals(theirs.drop(columns="effect"))
+    assert (mine["effect"] - theirs["effect"]).abs().max() < 1e-5
+    keys = ["layer", "pos", "head"]
+    for i in range(3):  # and each row alone (its own, longer prefix)
+        one = hz.patching.patch_heads(model, clean[i][None], corrupted[i][None],
+                                      hz.patching.logit_diff(correct[i : i + 1], wrong[i : i + 1], per_example=True),
+                                      by_pos=True, per_example=True, progress=False).to_frame().set_index(keys)["effect"]
+        row = mine[mine["example"] == i].set_index(keys)["effect"]
+        assert (row.loc[one.index] - one).abs().max() < 1e-4
+
+
+def test_prefix_reuse_on_a_hugging_face_model(hf_gpt2):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _, path = hf_gpt2
+    model = TransformerBridge.boot_transformers(str(path), device="cpu")
+    clean = torch.randint(1, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    corrupted = clean.clone()
+    corrupted[:, 6] = (clean[:, 6] + 5) % 64
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    _, cache = model.run_with_cache(clean)
+    for kind, name in [("z", "get_act_patch_attn_head_out_by_pos"), ("resid_pre", "get_act_patch_resid_pre")]:
+        reference = getattr(tl_patching, name)(model, corrupted, cache, metric).double()
+        effects = hz.patching.patch(model, clean, corrupted, metric, kind=kind, by_pos=True, progress=False)
+        engine = effects.meta["engine"]
+        assert engine["prefix_reused"] == 6 and "prefix_not_reused" not in engine
+        assert (as_tensor(effects, tuple(reference.shape)) - reference).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("receivers", [[(2, 1, "q"), (2, 3, "k")], [(1, 0, "v"), (2, "mlp")], "logits"])
+def test_path_patching_reuses_the_prefix_with_the_same_numbers(receivers):
+    """Path patching runs on the same prefix engine: corrupted from the middle on, its two steps
+    compute the suffix only and equal the plain two-step reference written with full forwards."""
+    from test_effective_embedding import random_model
+    from test_path_patching import reference
+
+    model = random_model("bridge", seed=4, n_layers=3, n_ctx=24, normalization_type="LN")
+    clean = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    corrupted = corrupt_from(clean, "middle")
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    for freeze in (False, True):
+        got = hz.patching.path_patch(model, clean, corrupted, metric, senders=[[(0, 2)], [(0, 1), (1, 3)]],
+                                     receivers=receivers, freeze_mlps=freeze)
+        assert got.meta["engine"]["prefix_reused"] == 5 and "prefix_not_reused" not in got.meta["engine"]
+        for i, group in enumerate([[(0, 2)], [(0, 1), (1, 3)]]):
+            want = reference(model, clean, corrupted, metric, group, receivers, freeze)
+            assert abs(got.to_frame()["effect"].iloc[i] - want) < 1e-4, (receivers, freeze, group)
+
+
+def test_path_patching_with_a_receiver_below_every_sender():
+    """A receiver below the senders reads its own value; path patching must not look for a
+    record that step 1 (started at the senders' layer) never made."""
+    from test_effective_embedding import random_model
+    from test_path_patching import reference
+
+    model = random_model("bridge", seed=4, n_layers=3, n_ctx=24, normalization_type="LN")
+    clean = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    corrupted = corrupt_from(clean, "middle")
+    metric = hz.patching.logit_diff(clean[:, 0], clean[:, 1])
+    receivers = [(0, 1, "q"), (2, 0, "k")]
+    for group in ([(1, 3)], [(1, 0), (1, 2)]):  # alone in its forward: step 1 starts at layer 1
+        got = hz.patching.path_patch(model, clean, corrupted, metric, senders=group, receivers=receivers)
+        assert abs(got.to_frame()["effect"].iloc[0] - reference(model, clean, corrupted, metric, group, receivers)) < 1e-4

@@ -11,6 +11,8 @@ transformers release that renames a hook or a keyword changes one function here:
   hook conversions and removes exactly what it added), stops as soon as nothing after a hook
   is needed, and unembeds only the positions that are read;
 - :func:`run_from_layer`: the blocks from one layer on, on a residual stream, for patching;
+- :func:`run_suffix_from_layer`: the same on the positions after a shared prefix only, the
+  prefix's attention inputs taken from a run that already computed them (:class:`Prefix`);
 - the fused-attention diagnosis (a reader hook that never fired);
 - :class:`KVCache`: key-value caching for ``HookedTransformer`` (its own cache) and for a
   ``TransformerBridge`` over transformers 4.x (``past_key_values=``) or 5.x (``cache=``), checked
@@ -20,12 +22,13 @@ transformers release that renames a hook or a keyword changes one function here:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -37,6 +40,10 @@ __all__ = [
     "require_hooks",
     "run",
     "run_from_layer",
+    "run_suffix_from_layer",
+    "Prefix",
+    "prefix_hooks",
+    "first_difference",
     "KVCache",
     "open_kv_cache",
     "check_finite",
@@ -265,6 +272,97 @@ def run_from_layer(
         return _unembed(model)(final_norm(model)(x))
 
     return run(model, forward=forward, edit=edit, logits=logits)
+
+
+# -- shared prefixes ------------------------------------------------------------------------
+
+
+def _attention_input(model: Any, layer: int) -> str | None:
+    """The hook whose output is block ``layer``'s attention input (its normalised residual
+    stream): a bridge's ``attn.hook_in``, a HookedTransformer's ``ln1.hook_normalized``."""
+    for name in (f"blocks.{layer}.attn.hook_in", f"blocks.{layer}.ln1.hook_normalized"):
+        if name in model.hook_dict:
+            return name
+    return None
+
+
+def first_difference(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The first position where any row of ``a`` and ``b`` (``[batch, pos]`` ids) differ;
+    ``pos`` when they are equal. Under causal attention every activation before it is the same
+    in both runs."""
+    diff = (a != b).any(0).nonzero()
+    return int(diff[0]) if diff.numel() else int(a.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """The first ``length`` positions of a run, as later runs that share them need them.
+
+    Attributes:
+        length: the number of shared positions ``p``.
+        hooks: ``{layer: hook name}`` of each block's attention input.
+        attn_in: ``{layer: [batch, p, d_model]}`` each block's attention input at those
+            positions (the only thing a later position reads from an earlier one).
+    """
+
+    length: int
+    hooks: dict[int, str]
+    attn_in: dict[int, torch.Tensor]
+
+
+def prefix_hooks(model: Any, layers: Iterable[int], length: int) -> tuple[list[EditHook], Prefix] | None:
+    """Hooks that, on a full forward pass, fill a :class:`Prefix` of ``length`` positions at
+    ``layers``; ``None`` when the model exposes no attention-input hook there."""
+    names = {layer: _attention_input(model, layer) for layer in layers}
+    if any(name is None for name in names.values()):
+        return None
+    prefix = Prefix(length, cast("dict[int, str]", names), {})
+
+    def keep(layer: int) -> Callable[..., None]:
+        def hook(act: torch.Tensor, hook: Any) -> None:
+            # a HookedTransformer normalises the same input three times (query, key, value)
+            prefix.attn_in.setdefault(layer, act[:, :length].detach().clone())
+        return hook
+
+    return [(name, keep(layer)) for layer, name in prefix.hooks.items()], prefix
+
+
+def run_suffix_from_layer(
+    model: Any,
+    resid: torch.Tensor,
+    layer: int,
+    prefix: Prefix,
+    *,
+    edit: Sequence[EditHook] = (),
+    logits: Logits = "all",
+) -> torch.Tensor | None:
+    """Run ``blocks[layer:]`` on the positions after ``prefix``, ``resid``
+    ``[n * batch, pos - p, d]`` (``n`` copies of the prefix's batch, one after the other).
+
+    Under causal attention the only thing the later positions read from the first ``p`` is
+    their attention input, so each attention gets the prefix's (taken from the run that
+    computed it) in front of the suffix's, and its output is cut back to the suffix: the
+    attention's own hooks (``q``, ``k``, ``v``, ``z``, ``pattern``) see every position, in the
+    full run's coordinates; every hook outside it (``resid_pre``, ``attn_out``, ``mlp_out``,
+    ...) and ``logits`` (positions counted from ``p``) see the suffix only. The key and value
+    projections of the prefix are recomputed (two matrix products per prefix token, against
+    twelve for a whole GPT-2 block); the MLPs, norms and unembedding run on the suffix alone.
+
+    Callers must check once, on real inputs, that this reproduces the model's own forward.
+    """
+    p = prefix.length
+    hooks: list[EditHook] = []
+    for at in range(layer, len(model.blocks)):
+        def widen(x: torch.Tensor, hook: Any, first: torch.Tensor = prefix.attn_in[at]) -> torch.Tensor:
+            copies = x.shape[0] // first.shape[0]
+            return torch.cat([first.repeat(copies, *([1] * (first.ndim - 1))) if copies > 1 else first, x], 1)
+
+        def narrow(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            return x[:, p:]
+
+        # ours first: a caller's edit at attn_out then sees the suffix, like every residual hook
+        hooks += [(prefix.hooks[at], widen), (hook_name("attn_out", at), narrow)]
+    return run_from_layer(model, resid, layer, edit=[*hooks, *edit], logits=logits)
 
 
 # -- key-value caches ----------------------------------------------------------------------

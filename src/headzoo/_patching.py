@@ -14,7 +14,10 @@ headzoo computes exactly what ``transformer_lens.patching`` does, but by design 
 - several patched runs share one forward: the corrupted batch is repeated once per patch and
   each copy gets its own patch, up to a memory budget;
 - only the activation being patched is kept from the clean run, not a full cache;
-- with ``positions=``, logits are computed only where the metric reads them.
+- with ``positions=``, logits are computed only where the metric reads them;
+- positions before the first one where clean and corrupted differ are the same in every run
+  (attention is causal), so patched runs compute only the positions after them, reading the
+  earlier ones' attention inputs from the receiving run (prefix reuse; where the model allows).
 """
 
 from __future__ import annotations
@@ -30,7 +33,19 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from headzoo._errors import InvalidOptionError, InvalidTokensError, UnsupportedModelError
-from headzoo._forward import HOOKS, check_finite, hook_name, require_hooks, run, run_from_layer, warn_once
+from headzoo._forward import (
+    HOOKS,
+    Prefix,
+    check_finite,
+    first_difference,
+    hook_name,
+    prefix_hooks,
+    require_hooks,
+    run,
+    run_from_layer,
+    run_suffix_from_layer,
+    warn_once,
+)
 from headzoo._models import ModelInfo, model_info
 from headzoo._tokens import as_block, as_prompts, check_int, pad_right
 
@@ -152,6 +167,52 @@ class _Runner:
     def __init__(self, model: Any, read: list[int] | None = None) -> None:
         self.model = model
         self.read = read  # positions whose logits the metric reads (None: all)
+        # set by share_prefix once a suffix-only run has been checked on the real inputs
+        self.prefix: Prefix | None = None
+        self.prefix_logits: torch.Tensor | None = None
+
+    @property
+    def shift(self) -> int:
+        """How many leading positions hooks outside the attention do not see (the shared prefix)."""
+        return self.prefix.length if self.prefix is not None else 0
+
+    def restart(self, resid: torch.Tensor, layer: int, copies: int, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
+        """The receiving run from ``layer`` on, ``copies`` times one after the other; ``resid``
+        ``[batch, pos, d]`` is its residual stream entering that layer. Only the positions after
+        the shared prefix run when one is set (hooks outside the attention then see those only).
+        Same layout as :meth:`from_layer`."""
+        if self.prefix is None or self.prefix_logits is None:
+            return self.from_layer(resid.repeat(copies, *([1] * (resid.ndim - 1))), layer, hooks)
+        return self.suffix(resid[:, self.shift :].repeat(copies, 1, 1), layer, hooks, self.prefix, self.prefix_logits)
+
+    def share_prefix(self, capture: tuple[list, Prefix] | None, restarts: bool, resid: dict[int, torch.Tensor],
+                     first: int, base_logits: torch.Tensor, seq: int, p0: int) -> str:
+        """Set the prefix to reuse, after checking that the suffix-only run from ``first``
+        reproduces the model's own forward (``base_logits``) on these inputs; return why not
+        (``""`` when it is set). Needs :attr:`read` settled and a working layer restart."""
+        self.prefix = self.prefix_logits = None
+        if p0 == 0 or p0 >= seq:
+            return "clean and corrupted differ at position 0" if p0 == 0 else "clean and corrupted are the same"
+        if not restarts:
+            return "the layer restart does not reproduce this model's forward"
+        if capture is None:
+            return "the model has no attention-input hook to read the prefix from"
+        prefix = capture[1]
+        p = prefix.length
+        if self.read is not None and not any(q >= p for q in self.read):
+            return f"the metric reads only positions before the first difference ({p})"
+        early = base_logits[:, [q for q in self.read if q < p] if self.read is not None else slice(0, p)]
+        want = self.expand(base_logits[:, self.read] if self.read is not None else base_logits, seq)
+        try:
+            with torch.no_grad():
+                again = self.expand(self.suffix(resid[first][:, p:], first, [], prefix, early), seq)
+        except (RuntimeError, ValueError, IndexError, TypeError, UnsupportedModelError) as exc:
+            # e.g. an attention that cannot take a longer input than its block
+            return f"running the suffix alone failed on this model ({type(exc).__name__})"
+        if not torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True):
+            return "running the suffix alone did not reproduce this model's forward"
+        self.prefix, self.prefix_logits = prefix, early
+        return ""
 
     def full(self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> torch.Tensor:
         out = run(self.model, tokens, edit=hooks, logits="all" if self.read is None else self.read)
@@ -162,6 +223,19 @@ class _Runner:
         out = run_from_layer(self.model, resid, layer, edit=hooks, logits="all" if self.read is None else self.read)
         assert out is not None
         return out
+
+    def suffix(self, resid: torch.Tensor, layer: int, hooks: list[tuple[str, Callable]], prefix: Prefix,
+               prefix_logits: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`from_layer` on ``resid`` ``[n * batch, pos - p, d]``, the positions after
+        ``prefix``; the logits read inside the prefix are the unpatched run's, ``prefix_logits``
+        ``[batch, p or the read positions before p, vocab]``. Same layout as :meth:`from_layer`."""
+        p, copies = prefix.length, resid.shape[0] // prefix_logits.shape[0]
+        late = None if self.read is None else [q - p for q in self.read if q >= p]
+        out = run_suffix_from_layer(self.model, resid, layer, prefix, edit=hooks, logits="all" if late is None else late)
+        assert out is not None
+        if prefix_logits.shape[1] == 0:
+            return out
+        return torch.cat([prefix_logits.repeat(copies, 1, 1), out], 1)  # the read positions are ascending
 
     def expand(self, logits: torch.Tensor, seq: int) -> torch.Tensor:
         """Logits as the metric expects them, ``[batch, pos, vocab]``: NaN where not computed."""
@@ -354,10 +428,15 @@ def run_patching(
 
     resid_names = {layer: hook_name("resid_pre", layer) for layer in plan.layers}
     can_reuse = all(name in model.hook_dict for name in resid_names.values())
+    first = min(plan.layers)
+    # Positions before p0 are the same in the donor, receiving and every patched run.
+    p0 = first_difference(receiver, donor)
+    capture = prefix_hooks(model, range(first, info.n_layers), p0) if can_reuse and 0 < p0 < seq else None
     with torch.no_grad():
         # The donor run keeps only the activation being patched, at the patched layers.
         source = _evaluate_rows(metric, run.full(donor, [(hooks[layer], keep(donor_acts, layer)) for layer in plan.layers]), plan, per_example)
-        base_logits = run.full(receiver, [(resid_names[layer], keep(resid, layer)) for layer in plan.layers] if can_reuse else [])
+        base_hooks = [(resid_names[layer], keep(resid, layer)) for layer in plan.layers] if can_reuse else []
+        base_logits = run.full(receiver, base_hooks + (capture[0] if capture is not None else []))
         baseline = _evaluate_rows(metric, base_logits, plan, per_example)
         _check_no_pad_reads(metric, base_logits, plan, baseline, per_example)
     if site.name == "pattern":
@@ -389,63 +468,97 @@ def run_patching(
         with _lengths(plan.lengths):
             run.read = _read_positions(metric, base_logits, baseline, per_example)
     reuse = False
+    want = run.expand(base_logits[:, run.read] if run.read is not None else base_logits, seq)
     if can_reuse:
         # Use the block loop only where it reproduces the model's own forward on these inputs.
         with torch.no_grad():
-            first = min(plan.layers)
             again = run.expand(run.from_layer(resid[first], first, []), seq)
-            want = run.expand(base_logits[:, run.read] if run.read is not None else base_logits, seq)
             reuse = bool(torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True))
     if not reuse:
         warn_once(f"headzoo patching reruns every layer of this {type(model).__name__} for each patch: restarting "
                   "at the patched layer did not reproduce its forward pass. The numbers are the same, only slower; "
                   "the result's meta['engine']['reused_layers'] records it.")
+    why = run.share_prefix(capture, reuse, resid, first, base_logits, seq, p0)
+    p = run.shift
     vocab_out = base_logits.shape[-1]
     del base_logits
 
     per_layer = plan.indices
+    # Patches at residual-stream positions inside the prefix write the receiving run's own
+    # values (donor and receiver agree there), so each gives the unpatched run: the baseline.
+    in_prefix = [idx for idx in per_layer if _outside_attention(site) and "pos" in site.axes
+                 and idx[site.axes.index("pos")] < p]
+    skipped = set(in_prefix)
+    todo = [idx for idx in per_layer if idx not in skipped]
     logit_positions = len(run.read) if run.read is not None else seq
-    per_copy = 4 * batch * (seq * 6 * info.d_model + logit_positions * vocab_out)
-    group = max(1, min(len(per_layer), int(memory_mb * 2**20 // per_copy)))
+    suffix = seq - p
+    attn_prefix = 2 * p if p else 0  # the prefix's keys and values, recomputed in each attention
+    per_copy = 4 * batch * (suffix * 6 * info.d_model + attn_prefix * info.d_model + logit_positions * vocab_out)
+    group = max(1, min(len(todo) or 1, int(memory_mb * 2**20 // per_copy)))
     if device.type == "cpu":
         # On a CPU, batching copies pays only while the forward is small: measured on a GPT-2
         # block, 96 x 64 tokens cost 1.5x as much per token as 8 x 64 (memory traffic).
-        group = min(group, max(1, _CPU_TOKENS // (batch * seq)))
+        group = min(group, max(1, _CPU_TOKENS // (batch * suffix)))
     index: list[tuple[int, ...]] = []
     values: list[torch.Tensor] = []
     show = progress if progress is not None else len(plan.layers) * len(per_layer) > 64
     bar = tqdm(total=len(plan.layers) * len(per_layer), desc=f"headzoo patch {site.name}", disable=not show, leave=False)
+    # hooks outside the attention see only the suffix when the prefix is reused
+    shift = p if _outside_attention(site) else 0
     try:
         with torch.no_grad():
             for layer in plan.layers:
                 donor_act = donor_acts[layer]
-                for start in range(0, len(per_layer), group):
-                    chunk = per_layer[start : start + group]
+                got: dict[tuple[int, ...], torch.Tensor] = {}
+                for start in range(0, len(todo), group):
+                    chunk = todo[start : start + group]
                     g = len(chunk)
 
                     def patch(act: torch.Tensor, hook: Any, chunk: list = chunk, donor_act: torch.Tensor = donor_act) -> torch.Tensor:
                         act = act.clone()
                         for j, idx in enumerate(chunk):
-                            where = site.index(dict(zip(site.axes, idx)))
-                            act[(slice(j * batch, (j + 1) * batch), *where)] = donor_act[(slice(None), *where)]
+                            at = dict(zip(site.axes, idx))
+                            src = site.index(at)  # the donor's activation has every position
+                            if not shift:
+                                dst = src
+                            elif "pos" in at:  # a position after the prefix (those inside were skipped)
+                                dst = site.index({**at, "pos": at["pos"] - shift})
+                            else:  # every position: the suffix's
+                                dst, src = src, tuple(slice(shift, None) if axis == "pos" else i for axis, i in zip(site.layout, src))
+                            act[(slice(j * batch, (j + 1) * batch), *dst)] = donor_act[(slice(None), *src)]
                         return act
 
                     if reuse:
-                        inputs = resid[layer].repeat(g, *([1] * (resid[layer].ndim - 1)))
-                        logits = run.from_layer(inputs, layer, [(hooks[layer], patch)])
+                        logits = run.restart(resid[layer], layer, g, [(hooks[layer], patch)])
                     else:
                         logits = run.full(receiver.repeat(g, 1), [(hooks[layer], patch)])
                     for j, idx in enumerate(chunk):
-                        values.append(_evaluate_rows(metric, run.expand(logits[j * batch : (j + 1) * batch], seq), plan, per_example))
-                        index.append((layer, *idx))
+                        got[idx] = _evaluate_rows(metric, run.expand(logits[j * batch : (j + 1) * batch], seq), plan, per_example)
                     del logits
                     bar.update(g)
+                for idx in per_layer:
+                    values.append(got[idx] if idx in got else baseline)
+                    index.append((layer, *idx))
+                bar.update(len(per_layer) - len(todo))
     finally:
         bar.close()
-    engine = {"reused_layers": reuse, "patches_per_forward": group, "read_positions": run.read}
+    engine: dict[str, Any] = {"reused_layers": reuse, "patches_per_forward": group, "read_positions": run.read,
+                              "prefix_reused": p, "first_difference": p0}
+    if why:
+        engine["prefix_not_reused"] = why
+    if in_prefix:
+        engine["prefix_patches_baseline"] = len(in_prefix) * len(plan.layers)
     if plan.lengths is not None:
         engine["lengths"] = plan.lengths.tolist()
     return PatchResult(index, torch.stack(values), baseline, source, engine)
+
+
+#: the patch kinds computed inside the attention, where a reused prefix keeps every position
+_INSIDE_ATTENTION = ("q", "k", "v", "z", "pattern")
+
+
+def _outside_attention(site: Site) -> bool:
+    return site.hook not in _INSIDE_ATTENTION
 
 
 def _product(ranges: list[range]) -> list[tuple[int, ...]]:

@@ -15,8 +15,9 @@ the logits:
 
 With ``"logits"`` as the receiver step 1 alone gives the answer (the direct effect through the
 residual stream). headzoo runs both steps from the first layer that can change (the receiving
-run's residual stream is reused below it), shares one forward between several sender groups,
-and computes logits only where the metric reads them.
+run's residual stream is reused below it) and only on the positions after the first one where
+clean and corrupted differ (the same prefix engine as exact patching), shares one forward
+between several sender groups, and computes logits only where the metric reads them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headzoo._errors import InvalidOptionError
-from headzoo._forward import hook_name, require_hooks, warn_once
+from headzoo._forward import first_difference, hook_name, prefix_hooks, require_hooks, warn_once
 from headzoo._models import ModelInfo
 from headzoo._patching import (
     SITES,
@@ -215,6 +216,9 @@ def run_path_patching(
         return hook
 
     runner = _Runner(model)
+    # positions before p0 are the same in every run: patched runs compute the suffix only
+    p0 = first_difference(plan.receiver, plan.donor)
+    capture = prefix_hooks(model, range(n_layers), p0) if can_restart and 0 < p0 < seq else None
     with torch.no_grad():
         source = _evaluate_rows(metric, runner.full(plan.donor, [(z_hooks[layer], keep(donor_z, layer)) for layer in sender_layers]),
                                 plan, per_example)
@@ -223,6 +227,8 @@ def run_path_patching(
             keeps += [(mlp_hooks[layer], keep(frozen_mlp, layer)) for layer in range(min(last, n_layers))]
         if can_restart:
             keeps += [(resid_hooks[layer], keep(resid, layer)) for layer in range(n_layers)]
+        if capture is not None:
+            keeps += capture[0]
         base_logits = runner.full(plan.receiver, keeps)
         baseline = _evaluate_rows(metric, base_logits, plan, per_example)
         _check_no_pad_reads(metric, base_logits, plan, baseline, per_example)
@@ -240,24 +246,27 @@ def run_path_patching(
         with _lengths(plan.lengths):
             runner.read = _read_positions(metric, base_logits, baseline, per_example)
     restart = False
+    first = min([*(layer for group in groups for layer, _ in group), *(r.layer for r in recs if r.kind != "logits")], default=0)
+    first = min(first, n_layers - 1)
     if can_restart:
         with torch.no_grad():
-            first = min([*(layer for group in groups for layer, _ in group), *(r.layer for r in recs if r.kind != "logits")], default=0)
-            first = min(first, n_layers - 1)
             again = runner.expand(runner.from_layer(resid[first], first, []), seq)
             want = runner.expand(base_logits[:, runner.read] if runner.read is not None else base_logits, seq)
             restart = bool(torch.allclose(again, want, rtol=1e-4, atol=1e-4, equal_nan=True))
     if not restart:
         warn_once(f"headzoo path patching reruns every layer of this {type(model).__name__}: restarting at a layer did not "
                   "reproduce its forward pass. The numbers are the same, only slower.")
+    why = runner.share_prefix(capture, restart, resid, first, base_logits, seq, p0)
     vocab = base_logits.shape[-1]
     del base_logits
 
     logit_positions = len(runner.read) if runner.read is not None else seq
-    per_copy = 4 * batch * (seq * (8 + 3 * len(recs)) * info.d_model + logit_positions * vocab)
+    suffix = seq - runner.shift
+    per_copy = 4 * batch * (suffix * (8 + 3 * len(recs)) * info.d_model + 2 * runner.shift * info.d_model
+                            + logit_positions * vocab)
     size = max(1, min(len(groups), int(memory_mb * 2**20 // per_copy)))
     if torch.device(info.device).type == "cpu":
-        size = min(size, max(1, 1024 // (batch * seq)))  # see _patching: big CPU batches cost more per token
+        size = min(size, max(1, 1024 // (batch * suffix)))  # see _patching: big CPU batches cost more per token
     order = sorted(range(len(groups)), key=lambda i: min(layer for layer, _ in groups[i]))
     values: dict[int, torch.Tensor] = {}
     show = progress if progress is not None else len(groups) > 64
@@ -276,7 +285,10 @@ def run_path_patching(
                 del logits
     finally:
         bar.close()
-    engine: dict[str, Any] = {"reused_layers": restart, "groups_per_forward": size, "read_positions": runner.read}
+    engine: dict[str, Any] = {"reused_layers": restart, "groups_per_forward": size, "read_positions": runner.read,
+                              "prefix_reused": runner.shift, "first_difference": p0}
+    if why:
+        engine["prefix_not_reused"] = why
     if plan.lengths is not None:
         engine["lengths"] = plan.lengths.tolist()
     result = PatchResult([(i,) for i in range(len(groups))], torch.stack([values[i] for i in range(len(groups))]),
@@ -311,7 +323,8 @@ def _patched_chunk(
 
     def freeze_mlp(layer: int) -> Callable:
         def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            return frozen_mlp[layer].repeat(g, *([1] * (act.ndim - 1))).to(act.dtype)
+            # an MLP's output is outside the attention: with a shared prefix it holds the suffix only
+            return frozen_mlp[layer][:, runner.shift :].repeat(g, *([1] * (act.ndim - 1))).to(act.dtype)
         return hook
 
     # step 1: senders patched, every other head frozen (and the MLPs too with freeze_mlps)
@@ -342,6 +355,9 @@ def _patched_chunk(
     # step 2: only the receivers' inputs replaced, everything else computed as usual
     def replace(name: str, layer_recs: list[Receiver]) -> Callable:
         def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if name not in recorded:
+                # step 1 started above this receiver: no sender of the chunk can reach it
+                return act
             act = act.clone()
             new = recorded[name].to(act.dtype)
             for r in layer_recs:
@@ -361,6 +377,5 @@ def _forward_from(runner: _Runner, plan: Any, resid: dict[int, torch.Tensor], la
                   edits: list[tuple[str, Callable]], restart: bool) -> torch.Tensor:
     """The receiving run repeated ``g`` times, from ``layer`` on (or from the tokens)."""
     if restart:
-        x = resid[layer]
-        return runner.from_layer(x.repeat(g, *([1] * (x.ndim - 1))), layer, edits)
+        return runner.restart(resid[layer], layer, g, edits)
     return runner.full(plan.receiver.repeat(g, 1), edits)
