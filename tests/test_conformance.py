@@ -14,6 +14,7 @@ from headzoo import _registry
 from headzoo.testing import RULES, PlantSpec, _conformance, check_detector
 
 from conftest import cached_planted
+from headzoo.testing import FUNCTION_VECTOR_SEPARATOR, function_vector_model, function_vector_placements
 
 #: small options that keep the slow detectors quick (the rules do not depend on probe size)
 FAST = {
@@ -27,7 +28,14 @@ IOI = ("name_mover", "negative_name_mover", "backup_name_mover", "s_inhibition")
 FAST.update({name: {"n_prompts": 8} for name in IOI})
 
 
+#: function_vector leaves out tasks a model cannot do in context (the default models do none):
+#: it gets two planted function-vector circuits, whose shots are separated by their own token
+FAST["function_vector"] = {"n_prompts": 4, "n_shots": 4, "separator": FUNCTION_VECTOR_SEPARATOR}
+
+
 def _models_for(name: str) -> Any:
+    if name == "function_vector":
+        return [function_vector_model(), function_vector_model(n_layers=4, n_heads=2, **function_vector_placements(4, 2, 1))]
     if name not in IOI:
         return None
     from headzoo.testing import ioi_model
