@@ -61,7 +61,10 @@ class FunctionVector(hz.Detector):
         "at a time into n_prompts other prompts whose shot labels are deranged; CIE = rise in p(answer); score = mean "
         "CIE over tasks (attribution-ranked top max_exact_heads when the model has more heads)"
     )
-    threshold = None  # the paper ranks heads (top 10) rather than thresholding the CIE
+    # headzoo's choice: the paper ranks heads by their mean CIE and keeps the top 10 rather than
+    # thresholding it. 0.02 = the head alone raises p(answer) by two points on average over
+    # tasks; every other head of the planted circuit stays below 0.01, its own head near 0.95.
+    threshold = 0.02
     score_range = (-1.0, 1.0)  # a difference of two probabilities
 
     tasks: tuple[Any, ...] | None = None
