@@ -387,6 +387,38 @@ def _check_no_pad_reads(metric: Metric, logits: torch.Tensor, plan: PatchPlan, b
         )
 
 
+def explicit_positions(positions: Any, seq: int) -> list[int] | None:
+    """The ``positions=`` option as sorted positions in ``[0, seq)``; ``None`` for ``"auto"``
+    and ``None`` (checked before any forward pass)."""
+    if positions in (None, "auto"):
+        return None
+    items = [positions] if isinstance(positions, int) else list(positions)
+    if not items or any(isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq for p in items):
+        raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
+    return sorted({p % seq for p in cast("list[int]", items)})  # every item passed the int check above
+
+
+def read_positions(metric: Metric, base_logits: torch.Tensor, baseline: torch.Tensor, plan: PatchPlan,
+                   per_example: bool, positions: Any, explicit: list[int] | None) -> list[int] | None:
+    """The positions whose logits patched runs compute (``None``: all): ``explicit`` once the
+    unpatched run shows the metric reads nothing else, or, for ``"auto"``, the positions its
+    gradient depends on (:func:`_read_positions`)."""
+    if explicit is not None:
+        masked = torch.full_like(base_logits, float("nan"))
+        masked[:, explicit] = base_logits[:, explicit]
+        check = _evaluate_rows(metric, masked, plan, per_example)
+        if not torch.allclose(check, baseline, equal_nan=True):
+            raise InvalidOptionError(
+                f"the metric reads logits outside positions={positions!r} (with the others set to "
+                "NaN it changes); widen positions or leave it to 'auto'"
+            )
+        return explicit
+    if positions == "auto":
+        with _lengths(plan.lengths):
+            return _read_positions(metric, base_logits, baseline, per_example)
+    return None
+
+
 def run_patching(
     model: Any,
     clean_tokens: Any,
@@ -409,12 +441,7 @@ def run_patching(
     plan = plan_patching(model, clean_tokens, corrupted_tokens, direction, site, layers)
     info, hooks, receiver, donor = plan.info, plan.hooks, plan.receiver, plan.donor
     batch, seq = plan.shape
-    explicit: list[int] | None = None
-    if positions not in (None, "auto"):
-        items = [positions] if isinstance(positions, int) else list(positions)  # type: ignore[arg-type]
-        if not items or any(isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq for p in items):
-            raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
-        explicit = sorted({p % seq for p in cast("list[int]", items)})  # every item passed the int check above
+    explicit = explicit_positions(positions, seq)
     device = torch.device(info.device)
     run = _Runner(model)
 
@@ -454,19 +481,7 @@ def run_patching(
                 "so pattern patching would only return the baseline. Use TransformerLens 4.x, a "
                 "HookedTransformer, or patch 'z', 'q', 'k' or 'v' instead."
             )
-    if explicit is not None:
-        masked = torch.full_like(base_logits, float("nan"))
-        masked[:, explicit] = base_logits[:, explicit]
-        check = _evaluate_rows(metric, masked, plan, per_example)
-        if not torch.allclose(check, baseline, equal_nan=True):
-            raise InvalidOptionError(
-                f"the metric reads logits outside positions={positions!r} (with the others set to "
-                "NaN it changes); widen positions or leave it to 'auto'"
-            )
-        run.read = explicit
-    elif positions == "auto":
-        with _lengths(plan.lengths):
-            run.read = _read_positions(metric, base_logits, baseline, per_example)
+    run.read = read_positions(metric, base_logits, baseline, plan, per_example, positions, explicit)
     reuse = False
     want = run.expand(base_logits[:, run.read] if run.read is not None else base_logits, seq)
     if can_reuse:

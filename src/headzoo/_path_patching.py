@@ -39,10 +39,10 @@ from headzoo._patching import (
     PatchResult,
     _check_no_pad_reads,
     _evaluate_rows,
-    _lengths,
-    _read_positions,
     _Runner,
+    explicit_positions,
     plan_patching,
+    read_positions,
 )
 from headzoo._tokens import check_int
 
@@ -191,6 +191,7 @@ def run_path_patching(
     has_mlps = not bool(getattr(model.cfg, "attn_only", False))
     recs = parse_receivers(receivers, info, has_mlps)
     batch, seq = plan.shape
+    explicit = explicit_positions(positions, seq)  # checked before any forward pass
     n_layers = info.n_layers
     to_logits = recs[0].kind == "logits"
     # layers whose heads are frozen: everything a sender's change can pass through before the
@@ -232,19 +233,7 @@ def run_path_patching(
         base_logits = runner.full(plan.receiver, keeps)
         baseline = _evaluate_rows(metric, base_logits, plan, per_example)
         _check_no_pad_reads(metric, base_logits, plan, baseline, per_example)
-    if positions not in (None, "auto"):
-        items = [positions] if isinstance(positions, int) else list(positions)  # type: ignore[arg-type]
-        if not items or any(isinstance(p, bool) or not isinstance(p, int) or not -seq <= p < seq for p in items):
-            raise InvalidOptionError(f"positions must be 'auto', None or positions in [-{seq}, {seq}); got {positions!r}")
-        explicit = sorted({int(p) % seq for p in items})  # every item passed the int check above
-        masked = torch.full_like(base_logits, float("nan"))
-        masked[:, explicit] = base_logits[:, explicit]
-        if not torch.allclose(_evaluate_rows(metric, masked, plan, per_example), baseline, equal_nan=True):
-            raise InvalidOptionError(f"the metric reads logits outside positions={positions!r}; widen positions or leave it to 'auto'")
-        runner.read = explicit
-    elif positions == "auto":
-        with _lengths(plan.lengths):
-            runner.read = _read_positions(metric, base_logits, baseline, per_example)
+    runner.read = read_positions(metric, base_logits, baseline, plan, per_example, positions, explicit)
     restart = False
     first = min([*(layer for group in groups for layer, _ in group), *(r.layer for r in recs if r.kind != "logits")], default=0)
     first = min(first, n_layers - 1)
@@ -355,9 +344,6 @@ def _patched_chunk(
     # step 2: only the receivers' inputs replaced, everything else computed as usual
     def replace(name: str, layer_recs: list[Receiver]) -> Callable:
         def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            if name not in recorded:
-                # step 1 started above this receiver: no sender of the chunk can reach it
-                return act
             act = act.clone()
             new = recorded[name].to(act.dtype)
             for r in layer_recs:

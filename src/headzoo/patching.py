@@ -222,9 +222,6 @@ def patch_mlp_out(model: Any, clean_tokens: Any, corrupted_tokens: Any, metric: 
     return patch(model, clean_tokens, corrupted_tokens, metric, kind="mlp_out", **options)
 
 
-# -- metrics ------------------------------------------------------------------------------------
-
-
 def path_patch(
     model: Any,
     clean_tokens: Any,
@@ -321,6 +318,9 @@ def path_patch_heads(
     out = dataclasses.replace(out, index=[tuple(h) for h in heads])
     return _effects(model, out, None, "path", False, direction, per_example, positions, method="exact", axes=("head",),
                     receivers=[r.label() for r in recs], freeze_mlps=freeze_mlps)
+
+
+# -- metrics ------------------------------------------------------------------------------------
 
 
 def _answers(ids: Any, name: str) -> torch.Tensor:
