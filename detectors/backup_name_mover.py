@@ -21,21 +21,6 @@ import torch
 import headzoo as hz
 
 
-def top_name_movers(nm: hz.DetectorOutput, n: int, threshold: float) -> list[tuple[int, int]]:
-    """Up to ``n`` heads whose name_mover score passes ``threshold``, best first; the single best
-    head when none does but its score is positive."""
-    score = nm.metrics["score"]
-    n_heads = score.shape[1]
-    flat = torch.nan_to_num(score.flatten(), nan=-float("inf"))
-    order = flat.argsort(descending=True)[:n]
-    heads = [(int(i) // n_heads, int(i) % n_heads) for i in order if flat[i] >= threshold]
-    if not heads and flat[order[0]] > 0:
-        heads = [(int(order[0]) // n_heads, int(order[0]) % n_heads)]
-    if not heads:
-        raise hz.DetectorNotApplicableError("no head of this model has a positive name_mover score: it has no name mover to knock out")
-    return heads
-
-
 def reference_block(prompts: hz.IOIPrompts) -> torch.Tensor:
     """``[m, pos]`` the ABC prompts of the most common length (every row whole, no padding): the
     distribution a mean ablation averages over."""
@@ -87,8 +72,8 @@ class BackupNameMover(hz.Detector):
 
     def compute(self, model: Any, *, progress: bool | None = None, circuits: Any = None) -> hz.DetectorOutput:
         info = hz.model_info(model)
-        nm = hz.get_detector("name_mover", **self._nm_options()).compute(model, progress=progress, circuits=circuits)
-        movers = top_name_movers(nm, self.n_name_movers, hz.get_detector("name_mover").threshold)
+        nm, movers = hz.get_detector("name_mover", **self._nm_options()).top_heads(
+            model, self.n_name_movers, purpose="it has no name mover to knock out", progress=progress, circuits=circuits)
         prompts = hz.ioi_prompts(model, n=self.n_prompts, seed=self.seed)
         before = nm.metrics["logit_diff_drop"]
         measured = [(int(ly), int(hd)) for ly, hd in zip(*np.nonzero(~before.isnan().numpy()))]

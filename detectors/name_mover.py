@@ -197,6 +197,29 @@ class NameMover(hz.Detector):
         # each reader gets its own copy: nothing one detector does to it reaches another
         return hz.DetectorOutput({k: v.clone() for k, v in out.metrics.items()}, copy.deepcopy(out.meta), out.details.copy())
 
+    def top_heads(self, model: Any, n: int, *, purpose: str, progress: bool | None = None,
+                  circuits: Any = None) -> tuple[hz.DetectorOutput, list[tuple[int, int]]]:
+        """This measurement on ``model`` and up to ``n`` heads whose score passes the threshold,
+        best first (the single best head when none does but its score is positive): the name
+        movers that backup_name_mover knocks out and s_inhibition patches into.
+
+        Raises:
+            DetectorNotApplicableError: no head has a positive score (``purpose`` says what
+                the caller needed name movers for).
+        """
+        nm = self.compute(model, progress=progress, circuits=circuits)
+        score = nm.metrics["score"]
+        n_heads = score.shape[1]
+        flat = torch.nan_to_num(score.flatten(), nan=-float("inf"))
+        order = flat.argsort(descending=True)[:n]
+        assert self.threshold is not None  # declared above
+        heads = [(int(i) // n_heads, int(i) % n_heads) for i in order if flat[i] >= self.threshold]
+        if not heads and flat[order[0]] > 0:
+            heads = [(int(order[0]) // n_heads, int(order[0]) % n_heads)]
+        if not heads:
+            raise hz.DetectorNotApplicableError(f"no head of this model has a positive name_mover score: {purpose}")
+        return nm, heads
+
     def _measure(self, model: Any, progress: bool | None, circuits: Any) -> hz.DetectorOutput:
         info = hz.model_info(model)
         prompts, clean, abc = ioi_setup(model, self.n_prompts, self.seed)

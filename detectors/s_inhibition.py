@@ -20,21 +20,6 @@ import torch
 import headzoo as hz
 
 
-def top_name_movers(nm: hz.DetectorOutput, n: int, threshold: float) -> list[tuple[int, int]]:
-    """Up to ``n`` heads whose name_mover score passes ``threshold``, best first; the single best
-    head when none does but its score is positive."""
-    score = nm.metrics["score"]
-    n_heads = score.shape[1]
-    flat = torch.nan_to_num(score.flatten(), nan=-float("inf"))
-    order = flat.argsort(descending=True)[:n]
-    heads = [(int(i) // n_heads, int(i) % n_heads) for i in order if flat[i] >= threshold]
-    if not heads and flat[order[0]] > 0:
-        heads = [(int(order[0]) // n_heads, int(order[0]) % n_heads)]
-    if not heads:
-        raise hz.DetectorNotApplicableError("no head of this model has a positive name_mover score: no name mover queries to patch")
-    return heads
-
-
 @hz.register
 @dataclasses.dataclass(frozen=True)
 class SInhibition(hz.Detector):
@@ -79,8 +64,8 @@ class SInhibition(hz.Detector):
 
     def compute(self, model: Any, *, progress: bool | None = None, circuits: Any = None) -> hz.DetectorOutput:
         info = hz.model_info(model)
-        nm = hz.get_detector("name_mover", **self._nm_options()).compute(model, progress=progress, circuits=circuits)
-        movers = top_name_movers(nm, self.n_name_movers, hz.get_detector("name_mover").threshold)
+        nm, movers = hz.get_detector("name_mover", **self._nm_options()).top_heads(
+            model, self.n_name_movers, purpose="no name mover queries to patch", progress=progress, circuits=circuits)
         prompts = hz.ioi_prompts(model, n=self.n_prompts, seed=self.seed)
         # a name mover in layer 0 reads no head's output: no path leads into its query
         receivers = [(layer, head, "q") for layer, head in movers if layer > 0]
