@@ -50,7 +50,7 @@ from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
-from headzoo._ordinal import ORDINAL_LISTS, OrdinalTask, ordinal_tasks
+from headzoo._ordinal import NUMERIC_LISTS, ORDINAL_LISTS, OrdinalTask, numeric_tasks, ordinal_tasks, task_coverage
 from headzoo._ordinal import as_tasks as as_ordinal_tasks
 from headzoo._probe_text import TextProbe
 from headzoo._probes import RepeatedTokens
@@ -115,7 +115,10 @@ __all__ = [
     "HeadGraph",
     "OrdinalTask",
     "ORDINAL_LISTS",
+    "NUMERIC_LISTS",
     "ordinal_tasks",
+    "numeric_tasks",
+    "task_coverage",
     "as_ordinal_tasks",
     "IOIPrompts",
     "ioi_prompts",
