@@ -34,6 +34,7 @@ from headzoo.testing._planted import (
     planted_state_dict,
     random_placements,
 )
+from headzoo.testing._successor import successor_model, successor_placements
 from headzoo.testing._tokenizer import bpe_tokenizer, sentencepiece_tokenizer, word_tokenizer, wordpiece_tokenizer
 
 __all__ = [
@@ -56,6 +57,8 @@ __all__ = [
     "planted_state_dict",
     "random_placements",
     "sentencepiece_tokenizer",
+    "successor_model",
+    "successor_placements",
     "word_tokenizer",
     "wordpiece_tokenizer",
 ]
