@@ -72,3 +72,47 @@ def test_hostile_and_unknown_tokens_are_not_mistaken_for_items():
 def test_no_tokenizer_reports_every_list():
     tasks, skipped = hz.ordinal_tasks(None)
     assert tasks == [] and set(skipped) == set(hz.ORDINAL_LISTS)
+
+
+def test_gpt2_coverage_is_reported_per_list_and_form():
+    """The paper's tasks on the real GPT-2 tokenizer: how many items each keeps, with and without a space."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _gpt2 import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    table = hz.task_coverage(tok).set_index("task")
+    # facts of GPT-2's vocabulary: 1-200 are single tokens in both forms; half the number words
+    # and ordinals need a leading space to be one token
+    assert table.loc["numbers", "n_kept"] == 200 and table.loc["numbers_space", "n_kept"] == 200
+    assert table.loc["number_words", "n_single"] == 10 and table.loc["number_words_space", "n_kept"] == 20
+    assert table.loc["ordinals_space", "n_kept"] == 10 and table.loc["days_space", "n_pairs"] == 7
+    numeric = hz.task_coverage(tok, lists="numeric").set_index("task")
+    assert numeric.loc["numbers", "n_kept"] == 819 and numeric.loc["numbers_space", "n_kept"] == 505
+    tasks, _ = hz.numeric_tasks(tok)
+    by_name = {t.name: t for t in tasks}
+    for task in tasks:  # every kept token is its item, in its form, and carries the item's value
+        form = " {}" if task.name.endswith("_space") else "{}"
+        for item, tid in zip(task.items, task.token_ids):
+            assert tok.encode(form.format(item), add_special_tokens=False) == [tid]
+    nums = by_name["numbers_space"]
+    assert all(int(item) == value for item, value in zip(nums.items, nums.values))
+    assert nums.successor(nums.token_ids[nums.items.index("41")]) == nums.token_ids[nums.items.index("42")]
+    # a gap: whichever numbers GPT-2 splits, the item before a gap has no successor in the task
+    last = nums.token_ids[nums.values.index(max(nums.values))]
+    assert nums.successor(last) is None
+    assert by_name["months_space"].values == tuple(range(1, 13))
+
+
+def test_values_are_validated_and_drive_pairs():
+    task = hz.OrdinalTask("gappy", (10, 11, 13), values=(1, 2, 4))
+    assert task.pairs() == [(10, 11)] and task.successor(11) is None
+    with pytest.raises(hz.InvalidOptionError, match="one value per token"):
+        hz.OrdinalTask("t", (1, 2), values=(1,))
+    with pytest.raises(hz.InvalidOptionError, match="increase"):
+        hz.OrdinalTask("t", (1, 2), values=(2, 1))
+    with pytest.raises(hz.InvalidOptionError, match="'ordinal' or 'numeric'"):
+        hz.task_coverage(None, lists="letters")
+    assert set(hz.task_coverage(None)["note"]) == {"the model has no tokenizer"}
