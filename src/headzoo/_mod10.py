@@ -42,7 +42,7 @@ from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
 from headzoo._models import library_versions, model_info
 from headzoo._ordinal import OrdinalTask, as_tasks, numeric_tasks
 from headzoo._results import colour
-from headzoo._tokens import check_int, token_strings
+from headzoo._tokens import check_bool, check_int, token_strings
 
 __all__ = ["METHODS", "Mod10Features", "SuccessorEditing", "mod10_features", "successor_editing"]
 
@@ -348,7 +348,10 @@ def mod10_features(
     ``value % m``. The effective embeddings (``hz.effective_embedding(model, ids,
     variant=embedding)``, ``[n, d_model]``) are centred. For every modulus a seeded split,
     stratified by residue, holds out a ``holdout`` share of each class; directions and
-    predictors are fitted on the rest, and accuracy is measured on the held-out tokens only.
+    predictors are fitted on the rest, and accuracy is measured on the held-out tokens only
+    (the SAE, which needs no labels, is trained once, on the training split of modulus 10;
+    which feature stands for which residue is chosen on each modulus' own training split).
+    Variance explained is measured on all tokens: it describes the embeddings, not a predictor.
 
     Args:
         model: any TransformerLens model.
@@ -363,7 +366,7 @@ def mod10_features(
         holdout: the share of each residue class held out (at least one token per class of two
             or more tokens, never a whole class).
         seed: seeds the splits, the SAE and the random baseline directions.
-        progress: a progress bar over the SAE's steps (``None``: only when it is large).
+        progress: a progress bar over the SAE's steps (``None``: only for large embeddings).
         probe_l2: the probe's L2 penalty (inputs scaled to unit mean squared norm).
         sae_size: the SAE's dictionary size. ``None``: ``min(4 * d_model, n_train // 4, 256)``
             and at least twice the largest modulus. A dictionary as large as the training set
@@ -391,6 +394,8 @@ def mod10_features(
     probe_l2 = _check_float(probe_l2, "probe_l2")
     sae_l1 = _check_float(sae_l1, "sae_l1")
     sae_steps = positive_int("sae_steps", sae_steps)
+    if progress is not None:
+        progress = check_bool(progress, "progress")
     info = model_info(model)
     user_size = None if sae_size is None else positive_int("sae_size", sae_size)
     ids, values, names, tasks, cover = _collect(model, tokens, info.d_vocab, info.n_real_tokens)
@@ -411,7 +416,6 @@ def mod10_features(
     sae: _SAE | None = None
     extra: dict[str, Any] = {}
     rows: list[tuple[Any, ...]] = []
-    g = torch.Generator().manual_seed(seed)
     held10 = _split(res10, 10, float(holdout), seed)
     if method == "sae":
         n_train = int((~held10).sum())
@@ -451,8 +455,9 @@ def mod10_features(
         acc = float((pred[held] == res[held]).mean()) if n_held else float("nan")
         majority_class = int(np.bincount(res[train], minlength=m).argmax())
         majority = float((res[held] == majority_class).mean()) if n_held else float("nan")
-        rand = torch.randn(len(classes), x.shape[1], generator=g)
-        rows.append((m, method, acc, 1.0 / m, majority, _variance_explained(x, d), _variance_explained(x, rand),
+        # the baseline's random directions depend on (seed, m) only, not on the other moduli asked for
+        rand = torch.from_numpy(np.random.default_rng([seed, m, 1]).standard_normal((len(classes), x.shape[1])))
+        rows.append((m, method, acc, 1.0 / m, majority, _variance_explained(x, d), _variance_explained(x, rand.float()),
                      len(ids), n_held, len(classes)))
         if m == 10:
             result10 = {"directions": d.float(), "pred": pred, "held": held, "train": train}
@@ -562,9 +567,9 @@ class Mod10Features(Result):
         """``[10, d_model]`` float32 (a copy): row ``r`` is residue ``r``'s direction."""
         return torch.tensor(self._directions)
 
-    def _row(self, modulus: int) -> pd.Series:
+    def _row(self, modulus: int) -> dict[str, Any]:
         rows = self._frame[self._frame["modulus"] == modulus]
-        return rows.iloc[0]
+        return cast(dict[str, Any], rows.iloc[0].to_dict())
 
     @property
     def probe_accuracy(self) -> float:
@@ -630,7 +635,7 @@ class Mod10Features(Result):
         most of them, else an even sample across tasks."""
         tok = self._tokens
         for name in dict.fromkeys(tok["task"]):
-            part = tok[(tok["task"] == name) & (tok["value"] < n)]
+            part = cast(pd.DataFrame, tok[(tok["task"] == name) & (tok["value"] < n)])
             if str(name).startswith("numbers") and len(part) >= n // 2:
                 return part.sort_values("value", kind="stable")
         if len(tok) <= n:
@@ -654,8 +659,9 @@ class Mod10Features(Result):
         if kind == "projection":
             n = positive_int("n", n)
             part = self._projection_rows(n)
-            labels = [f"{t!r}" if (part["token"] == t).sum() == 1 else f"{t!r} ({task})"
-                      for t, task in zip(part["token"], part["task"])]
+            # plotly merges rows with equal labels: a string that two tokens share gets its id
+            labels = [f"{t!r}" if (part["token"] == t).sum() == 1 else f"{t!r} #{i}"
+                      for t, i in zip(part["token"], part["token_id"])]
             z = part[_PROJ].to_numpy()
             lim = float(np.abs(z).max()) if z.size else 1.0
             fig = go.Figure(go.Heatmap(
@@ -700,12 +706,16 @@ class Mod10Features(Result):
             f"{float(r['accuracy']):.3f}</td><td>{float(r['chance']):.3f}</td><td>{float(r['majority']):.3f}</td>"
             f"<td>{float(r['variance_explained']):.3f}</td><td>{float(r['variance_random']):.3f}</td>"
             f"<td>{int(r['n_tokens'])}</td><td>{int(r['n_heldout'])}</td></tr>"
-            for _, r in self._frame.iterrows()
+            for r in cast(list[dict[str, Any]], self._frame.to_dict("records"))
         )
         cover = ", ".join(f"{esc(str(t))}: {int(n)}" for t, n in zip(self._coverage["task"], self._coverage["n_used"]) if n)
+        sae = self._meta.get("sae")
+        note = "" if not sae else (
+            f"<p>SAE: {int(sae['size'])} features, L0 {float(sae['l0']):.2f}, reconstruction {float(sae['reconstruction_train']):.3f} "
+            f"(train) / {float(sae['reconstruction_heldout']):.3f} (held out), {int(sae['dead'])} dead</p>")
         return (f"<div style='font-family:sans-serif;font-size:12px'><b>Mod10Features</b> &middot; {esc(name)} "
                 f"&middot; {esc(self.method)} &middot; {esc(str(self._meta['embedding']['variant']))}"
-                f"<table style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>"
+                f"<table style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>{note}"
                 f"<p>tokens per task: {cover}</p></div>")
 
     # -- persistence (save and load come from Result) ----------------------------------------
@@ -960,8 +970,8 @@ class SuccessorEditing(Result):
                 "success": float(ok.mean()) if len(part) else float("nan"),
                 "success_no_carry": float(ok[~carry].mean()) if (~carry).any() else float("nan"),
                 "success_carry": float(ok[carry].mean()) if carry.any() else float("nan"),
-                "control_success": float(part["control_success"].mean()) if len(part) else float("nan"),
-                "unedited": float(plain["success"].mean()) if len(plain) else float("nan"),
+                "control_success": float(part["control_success"].to_numpy().mean()) if len(part) else float("nan"),
+                "unedited": float(plain["success"].to_numpy().mean()) if len(plain) else float("nan"),
                 "chance": chance,
             }
 
@@ -1034,7 +1044,7 @@ class SuccessorEditing(Result):
             "<tr><td>" + esc(str(r["task"])) + "</td>" + "".join(
                 f"<td>{int(r[c])}</td>" if c == "n_pairs" else
                 f"<td style='background:{colour(float(r[c]), 0.0, 1.0)}'>{float(r[c]):.3f}</td>" for c in cols) + "</tr>"
-            for _, r in s.iterrows()
+            for r in cast(list[dict[str, Any]], s.to_dict("records"))
         )
         name = str(self._meta.get("model", {}).get("name", ""))
         return (f"<div style='font-family:sans-serif;font-size:12px'><b>SuccessorEditing</b> &middot; {esc(name)} "
