@@ -338,7 +338,7 @@ def mod10_features(
     progress: bool | None = None,
     probe_l2: float = 1e-3,
     sae_size: int | None = None,
-    sae_l1: float = 0.05,
+    sae_l1: float = 0.03,
     sae_steps: int = 600,
 ) -> Mod10Features:
     """The ten mod-10 directions of number-like tokens' effective embeddings, and how well they
@@ -368,7 +368,7 @@ def mod10_features(
         seed: seeds the splits, the SAE and the random baseline directions.
         progress: a progress bar over the SAE's steps (``None``: only for large embeddings).
         probe_l2: the probe's L2 penalty (inputs scaled to unit mean squared norm).
-        sae_size: the SAE's dictionary size. ``None``: ``min(4 * d_model, n_train // 4, 256)``
+        sae_size: the SAE's dictionary size. ``None``: ``min(4 * d_model, n_train // 6, 256)``
             and at least twice the largest modulus. A dictionary as large as the training set
             would memorise it: one feature per token costs less L1 than a shared tens feature
             plus a shared units feature, so the size stays well below the number of tokens;
@@ -419,7 +419,7 @@ def mod10_features(
     held10 = _split(res10, 10, float(holdout), seed)
     if method == "sae":
         n_train = int((~held10).sum())
-        size = user_size or max(2 * max(moduli_t), min(4 * info.d_model, n_train // 4, 256))
+        size = user_size or max(2 * max(moduli_t), min(4 * info.d_model, n_train // 6, 256))
         if size < max(moduli_t):
             raise InvalidOptionError(f"sae_size must be at least the largest modulus ({max(moduli_t)}), one feature "
                                      f"per residue; got {size}")
