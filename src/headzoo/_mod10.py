@@ -60,7 +60,6 @@ METHODS: dict[str, str] = {
 _FRAME = ["modulus", "method", "accuracy", "chance", "majority", "variance_explained", "variance_random",
           "n_tokens", "n_heldout", "n_classes"]
 _FRAME_INTS = ("modulus", "n_tokens", "n_heldout", "n_classes")
-_TOKENS_FIXED = ["token_id", "token", "task", "value", "residue", "split", "predicted"]
 _PROJ = [f"proj_{r}" for r in range(10)]
 _PAIRS = ["task", "source", "source_id", "source_value", "source_index", "target_index", "edited", "edited_id",
           "expected", "expected_id", "predicted", "predicted_id", "success", "carry",
@@ -308,6 +307,23 @@ def _sae_select(acts: torch.Tensor, res: np.ndarray, train: np.ndarray, classes:
     return feats, selectivity, torch.stack([inside[k, f] for k, f in enumerate(feats)])
 
 
+def _fit(method: str, x: torch.Tensor, res: np.ndarray, train: np.ndarray, classes: list[int], probe_l2: float,
+         sae: _SAE | None) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """One modulus: directions ``[C, d_model]`` (one per class in ``classes``), each token's
+    predicted class (an index into ``classes``), and for the SAE the chosen features."""
+    if method == "means":
+        d, pred = _fit_means(x, res, train, classes)
+        return d, pred, {}
+    if method == "probe":
+        d, pred = _fit_probe(x, res, train, classes, probe_l2)
+        return d, pred, {}
+    assert sae is not None
+    acts = sae.encode(x)
+    feats, selectivity, mean_act = _sae_select(acts, res, train, classes)
+    d = (sae.w_dec[feats].double() * (mean_act * sae.scale)[:, None]).float()  # back to embedding units
+    return d, acts[:, feats].argmax(1).numpy(), {"features": feats, "selectivity": selectivity}
+
+
 def _check_options(method: Any, moduli: Any, holdout: Any, embedding: Any) -> tuple[int, ...]:
     if method not in METHODS:
         raise InvalidOptionError(f"method must be one of {list(METHODS)}; got {method!r}")
@@ -390,7 +406,7 @@ def mod10_features(
         InvalidTokensError: token ids outside the vocabulary, or keys that are not ids.
     """
     moduli_t = _check_options(method, moduli, holdout, embedding)
-    seed = check_int(seed, "seed")
+    seed = check_int(seed, "seed", minimum=0)
     probe_l2 = _check_float(probe_l2, "probe_l2")
     sae_l1 = _check_float(sae_l1, "sae_l1")
     sae_steps = positive_int("sae_steps", sae_steps)
@@ -438,18 +454,9 @@ def mod10_features(
         held = held10 if m == 10 else _split(res, m, float(holdout), seed)
         train = ~held
         classes = [c for c in range(m) if (train & (res == c)).any()]
-        if method == "means":
-            d, pred_k = _fit_means(x, res, train, classes)
-        elif method == "probe":
-            d, pred_k = _fit_probe(x, res, train, classes, probe_l2)
-        else:
-            assert sae is not None
-            acts = sae.encode(x)
-            feats, selectivity, mean_act = _sae_select(acts, res, train, classes)
-            d = (sae.w_dec[feats].double() * (mean_act * sae.scale)[:, None]).float()
-            pred_k = acts[:, feats].argmax(1).numpy()
-            if m == 10:
-                extra["sae"].update({"features": feats, "selectivity": selectivity})
+        d, pred_k, chosen = _fit(method, x, res, train, classes, probe_l2, sae)
+        if m == 10 and chosen:
+            extra["sae"].update(chosen)
         pred = np.asarray(classes)[pred_k]
         n_held = int(held.sum())
         acc = float((pred[held] == res[held]).mean()) if n_held else float("nan")
@@ -796,7 +803,7 @@ def successor_editing(
         )
     info = model_info(model)
     layer, h = _check_head(head, info.n_layers, info.n_heads)
-    seed = check_int(seed, "seed")
+    seed = check_int(seed, "seed", minimum=0)
     fmeta = features.meta
     d_feat = int(features._directions.shape[1])
     if d_feat != info.d_model:
