@@ -57,6 +57,14 @@ from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
 from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
+from headzoo._succession import (
+    SuccessionInContext,
+    SuccessionPrompts,
+    SuccessorTextEffects,
+    succession_in_context,
+    succession_prompts,
+    successor_on_text,
+)
 from headzoo._runner import detect
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
@@ -120,6 +128,12 @@ __all__ = [
     "numeric_tasks",
     "task_coverage",
     "as_ordinal_tasks",
+    "SuccessionPrompts",
+    "succession_prompts",
+    "SuccessionInContext",
+    "succession_in_context",
+    "SuccessorTextEffects",
+    "successor_on_text",
     "IOIPrompts",
     "ioi_prompts",
     "RelationList",
