@@ -57,6 +57,7 @@ from headzoo._probes import RepeatedTokens
 from headzoo._registry import get_detector, list_detectors, load_detectors, register
 from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
+from headzoo._runner import detect
 from headzoo._succession import (
     SuccessionInContext,
     SuccessionPrompts,
@@ -65,7 +66,6 @@ from headzoo._succession import (
     succession_prompts,
     successor_on_text,
 )
-from headzoo._runner import detect
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
 from headzoo._zoo import list_models, load_model

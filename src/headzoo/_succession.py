@@ -991,8 +991,9 @@ def successor_on_text(
                     cand[c].append(v)
         merged = {c: np.concatenate([top[c], np.asarray(cand[c], dtype=dt)]) if top else np.asarray(cand[c], dtype=dt)
                   for c, dt in _CANDIDATE.items()}
-        # best first; ties by document and position, so the kept set never depends on batching
-        order = np.lexsort((merged["pos"], merged["doc"], -merged["contribution"]))[:k]
+        # best first; ties (to float noise) by document and position, so what is kept and its
+        # order do not depend on batching
+        order = np.lexsort((merged["pos"], merged["doc"], -_rank_key(merged["contribution"])))[:k]
         top = {c: v[order] for c, v in merged.items()}
     if not top or len(top["doc"]) == 0:
         raise EmptyResultError("successor_on_text scored no position; give a longer corpus")
@@ -1041,6 +1042,16 @@ _CANDIDATE: dict[str, Any] = {
     "contribution": np.float64, "doc": np.int64, "pos": np.int64, "token_id": np.int64, "attended": np.int64,
     "attended_id": np.int64, "promoted": np.int64, "loss_increase": np.float64, "next_id": np.int64, "succession": bool,
 }
+
+
+def _rank_key(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to 6 significant digits. A different batch size changes the order of float
+    sums (differences near 1e-7 relative); rounded, such values tie and the tie goes to the
+    earlier position. The reported contribution is not rounded."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.floor(np.log10(np.abs(x)))
+    scale = 10.0 ** (5 - np.where(np.isfinite(mag), mag, 0.0))
+    return np.round(x * scale) / scale
 
 
 def _mean(total: float, count: int) -> float:
