@@ -548,8 +548,9 @@ def succession_in_context(
 
         scores = detect(model, "successor", tasks=list(prompts.tasks), progress=progress)
         ws = scores.to_frame()
-        ws = ws[ws["detector"] == "successor"].set_index(["layer", "head"])["score"]
-        frame["weight_score"] = [float(ws.get((int(a), int(b)), np.nan)) for a, b in zip(frame["layer"], frame["head"])]
+        ws = ws[ws["detector"] == "successor"]
+        by_head = {(int(a), int(b)): float(v) for a, b, v in zip(ws["layer"], ws["head"], ws["score"])}
+        frame["weight_score"] = [by_head.get((int(a), int(b)), np.nan) for a, b in zip(frame["layer"], frame["head"])]
         weight_meta = scores.meta["detectors"]["successor"].get("result", {})
     per_task = []
     for task in prompts.tasks:
@@ -701,9 +702,9 @@ class SuccessionInContext(Result):
         return fig
 
     def __repr__(self) -> str:
-        top = self.top(1)
+        top = self.top(1).to_dict("records")[0]
         return (f"SuccessionInContext({self._meta.get('n_prompts')} prompts, {len(self._meta.get('tasks', []))} tasks; "
-                f"top L{int(top['layer'][0])}H{int(top['head'][0])} in_context {float(top['in_context'][0]):.3f})")
+                f"top L{int(top['layer'])}H{int(top['head'])} in_context {float(top['in_context']):.3f})")
 
     def _repr_html_(self) -> str:
         """Self-contained HTML (no scripts): the top heads and the agreement."""
@@ -720,7 +721,7 @@ class SuccessionInContext(Result):
         cols = ["in_context", "dla_margin", "attention", "attention_control", "weight_score"]
         head = "".join(f"<th>{esc(c)}</th>" for c in ["head", *cols])
         body = []
-        for _, r in self.top(8).iterrows():
+        for r in self.top(8).to_dict("records"):
             cells = "".join(
                 f"<td style='background:{colour(float(r[c]), 0.0, 1.0) if c in ('in_context', 'attention', 'weight_score') else '#ffffff'}'>"
                 f"{'' if r[c] != r[c] else f'{float(r[c]):.3f}'}</td>" for c in cols)
@@ -1124,11 +1125,14 @@ class SuccessorTextEffects(Result):
         ``mean_loss_increase``."""
         f = self._frame
         rows = []
+        category = f["category"].to_numpy()
+        contribution, increase = f["contribution"].to_numpy(float), f["loss_increase"].to_numpy(float)
         for cat in CATEGORIES:
-            part = f[f["category"] == cat]
-            rows.append({"group": cat, "scope": "top-k", "count": len(part), "share": len(part) / len(f) if len(f) else math.nan,
-                         "mean_contribution": float(part["contribution"].mean()) if len(part) else math.nan,
-                         "mean_loss_increase": float(part["loss_increase"].mean()) if len(part) else math.nan})
+            sel = category == cat
+            n = int(sel.sum())
+            rows.append({"group": cat, "scope": "top-k", "count": n, "share": n / len(f) if len(f) else math.nan,
+                         "mean_contribution": float(contribution[sel].mean()) if n else math.nan,
+                         "mean_loss_increase": float(increase[sel].mean()) if n else math.nan})
         positions = self._meta["positions"]
         n_all = int(positions["all"]["count"])
         for group, key in (("all positions", "all"), ("succession examples", "succession")):
@@ -1161,8 +1165,8 @@ class SuccessorTextEffects(Result):
 
     def __repr__(self) -> str:
         layer, head = self.head
-        counts = self._frame["category"].value_counts()
-        shown = ", ".join(f"{c} {int(counts.get(c, 0))}" for c in CATEGORIES)
+        categories = self._frame["category"].tolist()
+        shown = ", ".join(f"{c} {categories.count(c)}" for c in CATEGORIES)
         return f"SuccessorTextEffects(L{layer}H{head}, top {len(self._frame)}: {shown})"
 
     def _repr_html_(self) -> str:
@@ -1181,15 +1185,15 @@ class SuccessorTextEffects(Result):
         s = self.summary()
         srows = "".join(
             f"<tr><td>{esc(str(r['group']))}</td><td>{int(r['count'])}</td><td>{_fmt(r['share'])}</td>"
-            f"<td>{_fmt(r['mean_contribution'])}</td><td>{_fmt(r['mean_loss_increase'])}</td></tr>" for _, r in s.iterrows())
+            f"<td>{_fmt(r['mean_contribution'])}</td><td>{_fmt(r['mean_loss_increase'])}</td></tr>" for r in s.to_dict("records"))
         parts.append("<table style='border-collapse:collapse'><tr><th>group</th><th>count</th><th>share</th>"
                      f"<th>mean contribution</th><th>mean loss increase</th></tr>{srows}</table>")
-        hi = float(self._frame["contribution"].max()) if len(self._frame) else 1.0
+        hi = float(self._frame["contribution"].to_numpy(float).max()) if len(self._frame) else 1.0
         trows = "".join(
             f"<tr><td>{show(r['context'])}<b>{show(r['token'])}</b></td><td>{show(r['attended_token'])}</td>"
             f"<td>{show(r['promoted_token'])}</td><td style='background:{colour(float(r['contribution']), 0.0, hi)}'>"
             f"{float(r['contribution']):.3f}</td><td>{esc(str(r['category']))}</td><td>{_fmt(r['loss_increase'])}</td></tr>"
-            for _, r in self._frame.head(10).iterrows())
+            for r in self._frame.head(10).to_dict("records"))
         parts.append("<table style='border-collapse:collapse'><tr><th>context</th><th>attended</th><th>promoted</th>"
                      f"<th>contribution</th><th>category</th><th>loss increase</th></tr>{trows}</table></div>")
         return "".join(parts)
