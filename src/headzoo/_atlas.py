@@ -181,6 +181,43 @@ class PageEdge:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PageSuccessorTask:
+    """A successor head's result on one ordinal task: ``accuracy`` is the succession score's hit
+    rate; ``editing`` the share of mod-10 edits that gave the edited item's successor (``None``
+    where the task had no edit to try)."""
+
+    task: str
+    accuracy: float
+    editing: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageSuccessor:
+    """What a successor head's card shows: per-task accuracies and mod-10 editing success, with
+    the random-direction control and the success without carries into the next ten."""
+
+    tasks: tuple[PageSuccessorTask, ...]
+    editing: float
+    editing_no_carry: float | None
+    control: float
+    n_pairs: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageMod10:
+    """The model's mod-10 features (class means of number-like tokens' effective embeddings):
+    held-out accuracy per modulus against chance, and the figure: ``projections[i][r]`` is token
+    ``i``'s projection on residue ``r``'s direction."""
+
+    method: str
+    variance_explained: float
+    moduli: tuple[tuple[int, float, float], ...]
+    tokens: tuple[str, ...]
+    values: tuple[int, ...]
+    projections: tuple[tuple[float, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PageHead:
     """One head's card."""
 
@@ -194,6 +231,7 @@ class PageHead:
     suppresses: tuple[PageOvPair, ...]
     reads_from: tuple[PageEdge, ...]
     writes_to: tuple[PageEdge, ...]
+    successor: PageSuccessor | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -231,6 +269,7 @@ class AtlasPayload:
     meta: PageMeta
     n_layers: int
     n_heads: int
+    mod10: PageMod10 | None = None
 
     def to_json(self) -> str:
         """The payload as JSON that is safe inside ``<script>`` (see :func:`json_for_script`)."""
@@ -273,7 +312,59 @@ def _page_head(h: Mapping[str, Any]) -> PageHead:
         suppresses=pairs("suppresses"),
         reads_from=edges("reads_from"),
         writes_to=edges("writes_to"),
+        successor=_page_successor(h.get("successor"), name),
     )
+
+
+def _page_successor(s: Mapping[str, Any] | None, name: str) -> PageSuccessor | None:
+    if not s:
+        return None
+    return PageSuccessor(
+        tasks=tuple(PageSuccessorTask(
+            str(t["task"]), _finite(t["accuracy"], f"the {t['task']!r} accuracy of head {name}"),
+            None if t.get("editing") is None else _finite(t["editing"], f"the {t['task']!r} editing success of head {name}"))
+            for t in s.get("tasks", ())),
+        editing=_finite(s["success"], f"the editing success of head {name}"),
+        editing_no_carry=None if s.get("success_no_carry") is None
+        else _finite(s["success_no_carry"], f"the editing success without carries of head {name}"),
+        control=_finite(s["control_success"], f"the editing control of head {name}"),
+        n_pairs=int(s["n_pairs"]),
+    )
+
+
+def _page_mod10(m: Mapping[str, Any] | None) -> PageMod10 | None:
+    if not m:
+        return None
+    fig = m["figure"]
+    return PageMod10(
+        method=str(m["method"]),
+        variance_explained=_finite(m["variance_explained"], "the mod-10 variance explained"),
+        moduli=tuple((int(x["modulus"]), _finite(x["accuracy"], f"the mod-{x['modulus']} accuracy"), float(x["chance"]))
+                     for x in m["moduli"]),
+        tokens=tuple(str(t) for t in fig["tokens"]),
+        values=tuple(int(v) for v in fig["values"]),
+        projections=tuple(tuple(_finite(x, "a mod-10 projection") for x in row) for row in fig["projections"]),
+    )
+
+
+def _successor_cards(scores: HeadScores) -> tuple[dict[tuple[int, int], dict[str, Any]], dict[str, Any] | None]:
+    """Per analysed head, what its card shows of the ``successor`` detector's analysis (per-task
+    accuracies, editing success), and the model's mod-10 summary; empty without that detector."""
+    if "successor" not in scores.detectors:
+        return {}, None
+    analysis = scores.meta["detectors"]["successor"].get("result", {}).get("analysis") or {}
+    details = scores.details("successor") if _has_details(scores, "successor") else None
+    cards: dict[tuple[int, int], dict[str, Any]] = {}
+    for h in analysis.get("heads", []):
+        key = (int(h["layer"]), int(h["head"]))
+        editing = {str(t["task"]): t.get("success") for t in h.get("tasks", [])}
+        tasks = []
+        if details is not None:
+            mine = details[(details["layer"] == key[0]) & (details["head"] == key[1])]
+            tasks = [{"task": str(t), "accuracy": float(a), "editing": editing.get(str(t))}
+                     for t, a in zip(mine["task"], mine["accuracy"])]
+        cards[key] = {"tasks": tasks, **{k: h.get(k) for k in ("success", "success_no_carry", "control_success", "n_pairs")}}
+    return cards, analysis.get("mod10")
 
 
 def _score_rows(scores: HeadScores, name: str) -> tuple[tuple[float | None, ...], ...]:
@@ -538,6 +629,7 @@ class HeadAtlas(Result):
             ),
             n_layers=n_layers,
             n_heads=n_heads,
+            mod10=_page_mod10(self.meta.get("mod10")),
         )
 
     def html(self) -> str:
@@ -714,6 +806,7 @@ def build_atlas(
     ov, ov_note = _ov_summary(model, ov_sources, seed)
     composition, composition_meta = _composition_summary(model, seed)
     labels = scores.labels()
+    successor_cards, mod10 = _successor_cards(scores)
     heads = []
     for layer in range(info.n_layers):
         for head in range(info.n_heads):
@@ -723,6 +816,7 @@ def build_atlas(
                 **_key_summary(patterns[layer, head], strings),
                 **ov.get((layer, head), {"promotes": [], "suppresses": []}),
                 **composition.get((layer, head), {"reads_from": [], "writes_to": []}),
+                **({"successor": successor_cards[(layer, head)]} if (layer, head) in successor_cards else {}),
             })
     meta = {
         "format": _FORMAT,
@@ -736,6 +830,7 @@ def build_atlas(
         "example": {"source": "user" if example is not None else "repeated_random_tokens", "seed": seed, "length": len(ids)},
         "ov": {"n_sources": ov_sources, "seed": seed, "embedding": "mlp0", "note": ov_note},
         "composition": composition_meta,
+        **({"mod10": mod10} if mod10 else {}),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     skipped.update(scores.meta.get("skipped_detectors", {}))

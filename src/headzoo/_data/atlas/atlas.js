@@ -128,7 +128,37 @@
     const noComp = data.meta.composition_note || "no head composes with it above the random baseline";
     fill("card-reads", edges("reads_from", h.layer === 0 ? "nothing: it is in the first layer" : noComp));
     fill("card-writes", edges("writes_to", h.layer === data.n_layers - 1 ? "nothing: it is in the last layer" : noComp));
+    successorCard(h);
     if (location.hash !== "#" + headName(h)) history.replaceState(null, "", "#" + headName(h));
+  }
+  // a successor head's per-task accuracies, editing success and the model's mod-10 figure
+  function successorCard(h) {
+    const box = document.getElementById("card-successor"); const s = h.successor;
+    box.hidden = !s; if (!s) return;
+    const pct = v => (v === null || v === undefined) ? "" : Math.round(100 * v) + "%";
+    document.getElementById("card-successor-editing").textContent = "editing success " + pct(s.editing) + " of " + s.n_pairs +
+      " edits" + (s.editing_no_carry === null ? "" : " (" + pct(s.editing_no_carry) + " where the successor stays in the same ten)") +
+      "; random-direction control " + pct(s.control);
+    fill("card-successor-tasks", s.tasks.map(t => { const tr = el("tr"); tr.appendChild(el("td", t.task)); tr.appendChild(el("td", pct(t.accuracy))); tr.appendChild(el("td", pct(t.editing))); return tr; }));
+    const fig = document.getElementById("card-mod10"); fig.replaceChildren(); const m = data.mod10;
+    const summary = document.getElementById("card-mod10-summary");
+    if (!m) { summary.textContent = "not computed for this model (it needs number-like tokens in its tokenizer)"; return; }
+    summary.textContent = "held-out accuracy of predicting the residue from the effective embedding, by modulus: " +
+      m.moduli.map(x => "mod " + x[0] + " " + pct(x[1]) + " (chance " + pct(x[2]) + ")").join(", ") +
+      "; the ten directions explain " + pct(m.variance_explained) + " of the variance. Below: each token's projection on each digit's direction.";
+    let hi = 0; m.projections.forEach(r => r.forEach(v => { hi = Math.max(hi, Math.abs(v)); }));
+    const t = el("table"); const head = el("tr"); head.appendChild(el("td", "token"));
+    for (let r = 0; r < 10; r++) head.appendChild(el("td", String(r))); t.appendChild(head);
+    m.tokens.forEach((tok, i) => {
+      const tr = el("tr"); tr.appendChild(tokCell(tok));
+      m.projections[i].forEach(v => {
+        const td = el("td", v.toFixed(2)); const a = hi > 0 ? Math.abs(v) / hi : 0;
+        td.style.background = v >= 0 ? "rgba(33,113,181," + a.toFixed(3) + ")" : "rgba(203,24,29," + a.toFixed(3) + ")";
+        if (a > 0.6) td.style.color = "#fff"; tr.appendChild(td);
+      });
+      t.appendChild(tr);
+    });
+    fig.appendChild(t);
   }
   const fromHash = data.heads.find(h => "#" + headName(h) === location.hash);
   if (fromHash) select(fromHash);
