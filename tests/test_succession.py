@@ -118,8 +118,26 @@ def test_explicit_tasks_and_a_model_without_tokenizer():
             hz.succession_prompts(bare, tasks, gap=gap)
     with pytest.raises(hz.InvalidOptionError, match="context"):
         hz.succession_prompts(bare, tasks, gap=(3, 20))
-    with pytest.raises(hz.InvalidOptionError, match="filler"):
+    with pytest.raises(hz.DetectorNotApplicableError, match="filler"):
         hz.succession_prompts(bare, [list(range(30))])
+
+
+def test_a_short_context_narrows_the_gap():
+    from headzoo.testing import planted_model, word_tokenizer
+
+    words = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "dog", "cat", "sun"]
+    short = planted_model(PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=len(words) + 2, n_ctx=8),
+                          tokenizer=word_tokenizer(words))
+    result = hz.succession_in_context(short, n=8, weight_scores=False)
+    assert result.meta["gap"] == [3, 3] and result.prompts()["length"].max() <= 8
+    tiny = planted_model(PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=len(words) + 2, n_ctx=4),
+                         tokenizer=word_tokenizer(words))
+    result = hz.succession_in_context(tiny, n=4, weight_scores=False)  # BOS, a filler, the item, a filler
+    assert result.meta["gap"] == [1, 1] and result.prompts()["length"].tolist() == [4] * 4
+    days_only = planted_model(PlantSpec(n_layers=2, n_heads=2, d_head=32, d_vocab=9, n_ctx=16),
+                              tokenizer=word_tokenizer(words[:7]))
+    with pytest.raises(hz.DetectorNotApplicableError, match="filler"):
+        hz.detect(days_only, "successor_in_context")
 
 
 # -- the planted successor head in context --------------------------------------------------------

@@ -232,6 +232,17 @@ def _check_gap(gap: Any) -> tuple[int, int]:
     return low, high
 
 
+def _fit_gap(info: ModelInfo) -> tuple[int, int]:
+    """The default ``(3, 8)`` gap, narrowed until an id prompt fits the model's context."""
+    n_bos = int(info.prepend_bos)
+    high = min(8, (info.n_ctx - n_bos - 1) // 2)
+    if high < 1:
+        raise DetectorNotApplicableError(
+            f"the model's context ({info.n_ctx} tokens) has no room for an item, a gap and an end position"
+        )
+    return min(3, high), high
+
+
 def _encode(tokenizer: Any, text: str) -> list[int]:
     return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
 
@@ -264,8 +275,10 @@ def succession_prompts(
         DetectorNotApplicableError: no explicit tasks and no tokenizer (or none of the built-in
             lists fits it).
         InvalidTokensError: a task holds ids outside the vocabulary.
-        InvalidOptionError: ``n < 1``, a bad ``gap`` or ``seed``, prompts longer than the
-            context, or no ordinary token left to fill prompts with.
+        InvalidOptionError: ``n < 1``, a bad ``gap`` or ``seed``, or prompts longer than the
+            context.
+        DetectorNotApplicableError: every ordinary token belongs to a task, so nothing is left
+            to fill prompts with.
     """
     info = model_info(model)
     n = check_int(n, "n", minimum=1)
@@ -283,7 +296,7 @@ def succession_prompts(
     pool = ordinary_ids(info)
     pool = pool[(pool < _n_outputs(model, info)) & ~torch.isin(pool, torch.tensor(sorted(banned), dtype=torch.long))]
     if len(pool) == 0:
-        raise InvalidOptionError(
+        raise DetectorNotApplicableError(
             "succession_prompts: every ordinary token of the model belongs to an ordinal task, so there is no "
             "filler token to build prompts or controls with; pass fewer tasks"
         )
@@ -434,7 +447,8 @@ def succession_in_context(
     """How every head behaves on succession prompts: attention to the item, and whether its
     direct logit attribution at the end peaks at the item's successor.
 
-    Builds :func:`succession_prompts` (``n``, ``seed``) and runs one forward pass on them and
+    Builds :func:`succession_prompts` (``n``, ``seed``, the default gap narrowed to fit a short
+    context) and runs one forward pass on them and
     one on their random-token controls through the execution kernel, keeping only each head's
     attention row at the end position, its ``hook_z`` there and the final norm's scale there.
     A head's DLA at the end is ``z @ W_O[l, h]``, through the final norm's linear part (centred
@@ -464,7 +478,7 @@ def succession_in_context(
     if progress is not None:
         progress = check_bool(progress, "progress")
     check_finite(model)
-    prompts = succession_prompts(model, tasks, n=n, seed=seed)
+    prompts = succession_prompts(model, tasks, n=n, seed=seed, gap=_fit_gap(info))
     device = torch.device(info.device)
     L, H = info.n_layers, info.n_heads
     n = len(prompts)
