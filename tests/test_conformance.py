@@ -33,7 +33,16 @@ FAST.update({name: {"n_prompts": 8} for name in IOI})
 FAST["function_vector"] = {"n_prompts": 4, "n_shots": 4, "separator": FUNCTION_VECTOR_SEPARATOR}
 
 
+#: successor_in_context applies to the default models too (their words include the days), but
+#: the planted successor model has a successor head for it to find
+FAST["successor_in_context"] = {"n": 16}
+
+
 def _models_for(name: str) -> Any:
+    if name == "successor_in_context":
+        from headzoo.testing import successor_model
+
+        return [successor_model(n_layers=2, n_heads=3, successor=(1, 2)), successor_model(n_layers=3, n_heads=2, successor=(2, 0))]
     if name == "function_vector":
         return [function_vector_model(), function_vector_model(n_layers=4, n_heads=2, **function_vector_placements(4, 2, 1))]
     if name not in IOI:

@@ -25,7 +25,7 @@ BUILTINS = [
     "backup_name_mover", "copy_suppression", "copying", "current_token", "delimiter", "dormant", "duplicate_token",
     "first_token", "function_vector", "induction", "name_mover", "negative_name_mover", "ngram_induction",
     "previous_token", "rare_token", "relation", "relative_position", "retrieval", "s_inhibition", "streaming",
-    "subword_merge", "successor",
+    "subword_merge", "successor", "successor_in_context",
 ]
 #: registered names: copying.py holds both copying and negative_copying
 REGISTERED = sorted([*BUILTINS, "negative_copying"])

@@ -59,6 +59,14 @@ from headzoo._registry import get_detector, list_detectors, load_detectors, regi
 from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
 from headzoo._runner import detect
+from headzoo._succession import (
+    SuccessionInContext,
+    SuccessionPrompts,
+    SuccessorTextEffects,
+    succession_in_context,
+    succession_prompts,
+    successor_on_text,
+)
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
 from headzoo._zoo import list_models, load_model
@@ -125,6 +133,12 @@ __all__ = [
     "Mod10Features",
     "successor_editing",
     "SuccessorEditing",
+    "SuccessionPrompts",
+    "succession_prompts",
+    "SuccessionInContext",
+    "succession_in_context",
+    "SuccessorTextEffects",
+    "successor_on_text",
     "IOIPrompts",
     "ioi_prompts",
     "RelationList",
