@@ -633,8 +633,9 @@ class Mod10Features(Result):
         d = self._directions.shape[1]
         if x.ndim == 0 or x.shape[-1] != d:
             raise InvalidOptionError(f"x must have shape [..., {d}] (d_model of the features); got {tuple(x.shape)}")
-        delta = torch.tensor(self._directions[j] - self._directions[i]).to(device=x.device, dtype=x.dtype)
-        return x + delta
+        # both directions in x's precision before subtracting: float64 inputs get no float32 rounding
+        d_i, d_j = (torch.tensor(self._directions[k]).to(device=x.device, dtype=x.dtype) for k in (i, j))
+        return x - d_i + d_j
 
     # -- display --------------------------------------------------------------------------
     def _projection_rows(self, n: int) -> pd.DataFrame:
@@ -869,7 +870,7 @@ def successor_editing(
         i_idx = torch.tensor([e[2] for e in edits])
         j_idx = torch.tensor([e[3] for e in edits])
         delta = directions[j_idx] - directions[i_idx]  # [P, d_model]
-        x_edit = src + delta
+        x_edit = src - directions[i_idx] + directions[j_idx]  # features.edit, row by row
         r = torch.randn(len(edits), info.d_model, generator=g, dtype=torch.float64)
         x_ctrl = src + r / r.norm(dim=1, keepdim=True) * delta.norm(dim=1, keepdim=True)
         target = torch.tensor([col_of[e[5]] for e in edits])
