@@ -177,10 +177,11 @@ def successor_analysis(model: Any, score: torch.Tensor, threshold: float, embedd
     }
     out: list[dict[str, Any]] = []
     for layer, head in heads:
-        editing = hz.successor_editing(model, (layer, head), features)
-        frame = editing.to_frame()
-        if not len(frame):
+        try:
+            editing = hz.successor_editing(model, (layer, head), features)
+        except hz.EmptyResultError:  # no task holds an item and its successor to edit towards
             continue
+        frame = editing.to_frame()
         plain = frame[~frame["carry"]]
         out.append({
             "layer": layer, "head": head, "n_pairs": int(len(frame)),
