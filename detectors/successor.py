@@ -5,11 +5,17 @@ the head's direct effect on the logits, ``W_EE[t] @ W_OV @ W_U``, restricted to 
 tokens, must peak at ``successor(t)``; the succession score is the hit rate over all pairs.
 Published: Pythia-1.4B L12H0; GPT-2 small 9.1 (recalled, unverified). Threshold 0.4 is what
 replications use (the paper's own is not confirmed).
+
+Beside the score, the detector runs the paper's mod-10 analysis once (:func:`hz.mod10_features`,
+class means over the model's number-like tokens) and edits by vector arithmetic through the
+heads over threshold (:func:`hz.successor_editing`; the best head when none is), so a successor
+head's atlas card shows its per-task accuracies, the mod-10 figure and the editing success.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pandas as pd
@@ -29,6 +35,8 @@ class Successor(hz.WeightDetector):
             days, months and their prefixes, letters, Roman numerals; forms ``"X"`` and
             ``" X"``) expressed in the model's tokenizer. Otherwise explicit tasks: token-id
             sequences, ``{name: ids}``, or :class:`hz.OrdinalTask` (which can be cyclic).
+        analysis: also run the mod-10 analysis and editing (default ``True``); what it found,
+            or why it could not run, is in ``meta["detectors"]["successor"]["result"]["analysis"]``.
         n_tokens, seed: unused (every task token is scored).
 
     Per-task accuracy: ``scores.details("successor")``; tasks a tokenizer cannot express are
@@ -44,6 +52,7 @@ class Successor(hz.WeightDetector):
     threshold = 0.4
 
     tasks: Any = None
+    analysis: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,4 +125,68 @@ class Successor(hz.WeightDetector):
             "n_pairs": int(n_pairs.sum()),
             "embedding": hz.embedding_metadata(model, self.embedding),
         }
+        if self.analysis:
+            meta["analysis"] = successor_analysis(model, score, self.threshold, self.embedding,
+                                                  tasks=None if self.tasks is None else tasks)
         return hz.DetectorOutput({"score": score}, meta=meta, details=details)
+
+
+#: heads over threshold that are edited (the best first); the rest are left to hz.successor_editing
+_MAX_EDITED = 3
+#: tokens the mod-10 figure shows (rows)
+_FIGURE_TOKENS = 30
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able scalar: numpy numbers as Python ones, NaN (nothing to measure) as ``None``."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def successor_analysis(model: Any, score: torch.Tensor, threshold: float, embedding: str, *, tasks: Any) -> dict[str, Any]:
+    """The mod-10 features of the model's number-like tokens (class means) and the editing
+    success of the best heads: what the atlas card of a successor head shows.
+
+    Returns a JSON-able dict: ``mod10`` (accuracy and variance explained per modulus, the
+    figure's tokens and projections), ``heads`` (per edited head: success, success without
+    carries, the random-direction control, chance, per task) and ``note`` when it could not run.
+    """
+    flat = score.flatten()
+    n_heads = score.shape[1]
+    order = [int(i) for i in flat.argsort(descending=True, stable=True)]
+    chosen = [i for i in order[:_MAX_EDITED] if float(flat[i]) >= threshold] or order[:1]
+    heads = [(i // n_heads, i % n_heads) for i in chosen]
+    try:
+        features = hz.mod10_features(model, tokens=tasks, method="means", embedding=embedding)
+    except (hz.DetectorNotApplicableError, hz.InvalidOptionError, hz.InvalidTokensError) as exc:
+        return {"note": f"no mod-10 analysis: {exc}", "heads": []}
+    summary = features.to_frame()
+    tokens = features.tokens()
+    numbers = tokens[tokens["task"].astype(str).str.startswith("numbers")].sort_values(["value", "task"], kind="stable")
+    shown = (numbers if len(numbers) >= 10 else tokens).drop_duplicates("value").head(_FIGURE_TOKENS)
+    proj = [f"proj_{r}" for r in range(10)]
+    mod10 = {
+        "method": features.method,
+        "probe_accuracy": float(features.probe_accuracy),
+        "variance_explained": float(features.variance_explained),
+        "moduli": [{"modulus": int(m), "accuracy": float(a), "chance": float(c)}
+                   for m, a, c in zip(summary["modulus"], summary["accuracy"], summary["chance"])],
+        "n_tokens": int(len(tokens)),
+        "figure": {"tokens": [str(t) for t in shown["token"]], "values": [int(v) for v in shown["value"]],
+                   "projections": [[round(float(x), 4) for x in row] for row in shown[proj].to_numpy()]},
+    }
+    out: list[dict[str, Any]] = []
+    for layer, head in heads:
+        editing = hz.successor_editing(model, (layer, head), features)
+        frame = editing.to_frame()
+        if not len(frame):
+            continue
+        plain = frame[~frame["carry"]]
+        out.append({
+            "layer": layer, "head": head, "n_pairs": int(len(frame)),
+            "success": float(frame["success"].mean()),
+            "success_no_carry": float(plain["success"].mean()) if len(plain) else None,
+            "control_success": float(frame["control_success"].mean()),
+            "tasks": [{k: _plain(v) for k, v in row.items()} for row in editing.summary().to_dict("records")],
+        })
+    return {"mod10": mod10, "heads": out}

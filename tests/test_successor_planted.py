@@ -61,3 +61,39 @@ def test_the_same_arguments_give_the_same_weights_and_bad_ones_are_refused():
         successor_model(successor=(1, 1), copying=(1, 1))
     with pytest.raises(ValueError, match="n_numbers"):
         successor_model(n_numbers=10)
+
+
+def test_the_detector_runs_the_mod10_analysis_and_edits_through_the_planted_head():
+    place = successor_placements(3, 3, 11, copying=True)
+    model = successor_model(n_layers=3, n_heads=3, noise=0.15, seed=11, **place)
+    result = hz.detect(model, "successor").meta["detectors"]["successor"]["result"]
+    analysis = result["analysis"]
+    acc = {m["modulus"]: m["accuracy"] for m in analysis["mod10"]["moduli"]}
+    assert acc[10] >= 0.95 and acc[7] < 0.5
+    head = analysis["heads"][0]
+    assert (head["layer"], head["head"]) == place["successor"]
+    assert head["success_no_carry"] >= 0.9 and head["control_success"] <= 0.1
+    figure = analysis["mod10"]["figure"]
+    assert figure["tokens"][:3] == ["0", "1", "2"] and len(figure["projections"][0]) == 10
+    off = hz.detect(model, "successor", analysis=False).meta["detectors"]["successor"]["result"]
+    assert "analysis" not in off
+
+
+def test_without_number_tokens_the_analysis_says_why_and_the_score_stands():
+    model = successor_model(seed=2)
+    days = hz.ORDINAL_LISTS["days"][0]
+    tasks = [hz.OrdinalTask("days", tuple(range(2, 9)), cyclic=True, items=tuple(days))]  # 7 ids: too few per residue
+    result = hz.detect(model, "successor", tasks=tasks).meta["detectors"]["successor"]["result"]
+    assert "no mod-10 analysis" in result["analysis"]["note"] and result["analysis"]["heads"] == []
+    assert result["tasks"][0]["name"] == "days"
+
+
+def test_the_atlas_card_of_the_planted_head_shows_the_analysis():
+    model = successor_model(successor=(1, 3), noise=0.1, seed=4)
+    payload = hz.build_atlas(model, ["successor"])._payload()
+    cards = {(h.layer, h.head): h.successor for h in payload.heads}
+    card = cards[(1, 3)]
+    assert card is not None and card.editing_no_carry == pytest.approx(1.0) and card.control < 0.1
+    assert [t.task for t in card.tasks] == ["numbers"] and card.tasks[0].accuracy > 0.85
+    assert sum(c is not None for c in cards.values()) == 1  # only the head over threshold is analysed
+    assert payload.mod10 is not None and dict((m, a) for m, a, _ in payload.mod10.moduli)[10] == 1.0

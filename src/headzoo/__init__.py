@@ -48,6 +48,7 @@ from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
 from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._masking import MaskingCurve, retrieval_masking
+from headzoo._mod10 import Mod10Features, SuccessorEditing, mod10_features, successor_editing
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
 from headzoo._ordinal import NUMERIC_LISTS, ORDINAL_LISTS, OrdinalTask, numeric_tasks, ordinal_tasks, task_coverage
@@ -128,6 +129,10 @@ __all__ = [
     "numeric_tasks",
     "task_coverage",
     "as_ordinal_tasks",
+    "mod10_features",
+    "Mod10Features",
+    "successor_editing",
+    "SuccessorEditing",
     "SuccessionPrompts",
     "succession_prompts",
     "SuccessionInContext",
