@@ -560,7 +560,8 @@ def succession_in_context(
     if weight_scores:
         from headzoo._runner import detect  # the runner imports the registry, which imports detectors
 
-        scores = detect(model, "successor", tasks=list(prompts.tasks), progress=progress)
+        # the score only: the detector's mod-10 analysis and editing are not needed here
+        scores = detect(model, "successor", tasks=list(prompts.tasks), analysis=False, progress=progress)
         ws = scores.to_frame()
         ws = ws[ws["detector"] == "successor"]
         by_head = {(int(a), int(b)): float(v) for a, b, v in zip(ws["layer"], ws["head"], ws["score"])}
