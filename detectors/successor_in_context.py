@@ -75,10 +75,13 @@ class SuccessorInContext(hz.Detector):
         return out
 
     def compute(self, model: Any, *, progress: bool | None = None, circuits: Any = None) -> hz.DetectorOutput:
-        result = hz.succession_in_context(
-            model, None if self.tasks is None else list(self.tasks), n=self.n, seed=self.seed,
-            weight_scores=False, progress=progress,
-        )
+        try:
+            result = hz.succession_in_context(
+                model, None if self.tasks is None else list(self.tasks), n=self.n, seed=self.seed,
+                weight_scores=False, progress=progress,
+            )
+        except hz.DetectorNotApplicableError as exc:  # say which detector does not apply
+            raise hz.DetectorNotApplicableError(f"successor_in_context: {exc}") from None
         info = hz.model_info(model)
         frame = result.to_frame()
 

@@ -117,13 +117,13 @@ def _resolve_tasks(model: Any, info: ModelInfo, tasks: Any, who: str) -> tuple[t
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise DetectorNotApplicableError(
-                f"{who}: the model has no tokenizer, so the built-in ordinal lists cannot be written in its tokens. "
+                "the model has no tokenizer, so the built-in ordinal lists cannot be written in its tokens. "
                 "Pass explicit sequences instead: tasks=[[id1, id2, id3, ...], ...] (or hz.OrdinalTask objects)."
             )
         found, skipped = ordinal_tasks(tokenizer, n_vocab=_n_outputs(model, info))
         if not found:
             raise DetectorNotApplicableError(
-                f"{who}: none of the built-in ordinal lists can be written as single tokens of this model's tokenizer "
+                "none of the built-in ordinal lists can be written as single tokens of this model's tokenizer "
                 f"({'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}; ...). Pass explicit sequences "
                 "instead: tasks=[[id1, id2, id3, ...], ...]."
             )
@@ -297,7 +297,7 @@ def succession_prompts(
     pool = pool[(pool < _n_outputs(model, info)) & ~torch.isin(pool, torch.tensor(sorted(banned), dtype=torch.long))]
     if len(pool) == 0:
         raise DetectorNotApplicableError(
-            "succession_prompts: every ordinary token of the model belongs to an ordinal task, so there is no "
+            "every ordinary token of the model belongs to an ordinal task, so there is no "
             "filler token to build prompts or controls with; pass fewer tasks"
         )
     tokenizer = getattr(model, "tokenizer", None)
@@ -560,6 +560,7 @@ def succession_in_context(
     if weight_scores:
         from headzoo._runner import detect  # the runner imports the registry, which imports detectors
 
+        # the score only: the detector's mod-10 analysis and editing are not needed here
         scores = detect(model, "successor", tasks=list(prompts.tasks), analysis=False, progress=progress)
         ws = scores.to_frame()
         ws = ws[ws["detector"] == "successor"]
@@ -837,7 +838,8 @@ def successor_on_text(
     The corpus is streamed in windows of the model's context (BOS first when the model
     prepends one; consecutive windows overlap by one token so every token but a document's
     last is scored once, with the context of its own window), ``batch_size`` windows per
-    forward pass; memory does not grow with the corpus. At every scored position:
+    forward pass; activation memory does not grow with the corpus (only its token ids and the
+    ``k`` best positions so far are held). At every scored position:
 
     - ``contribution``: the head's direct logit attribution there (``z @ W_O``, through the
       final norm's linear part, divided by its scale, ``@ W_U``), centred over the
