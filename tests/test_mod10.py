@@ -380,7 +380,7 @@ def test_a_model_without_a_tokenizer_or_numbers_is_not_applicable():
     with pytest.raises(hz.DetectorNotApplicableError, match=r"no tokenizer.*tokens=\{token_id: value"):
         hz.mod10_features(bare)
     words = planted_model(n_layers=2, n_heads=2, d_head=16, d_vocab=40, tokenizer=True)
-    with pytest.raises(hz.DetectorNotApplicableError, match="none of the number-like lists"):
+    with pytest.raises(hz.DetectorNotApplicableError, match="none of the built-in number-like lists"):
         hz.mod10_features(words)
     few = planted_model(n_layers=2, n_heads=2, d_head=16, d_vocab=40,
                         tokenizer=word_tokenizer([str(n) for n in range(12)] + [f"w{k}" for k in range(26)]))

@@ -40,7 +40,7 @@ from headzoo._errors import (
 )
 from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
 from headzoo._models import library_versions, model_info
-from headzoo._ordinal import OrdinalTask, as_tasks, numeric_tasks
+from headzoo._ordinal import OrdinalTask, as_tasks, builtin_tasks, check_task_ids
 from headzoo._results import colour
 from headzoo._tokens import check_bool, check_int, token_strings
 
@@ -78,16 +78,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_task_ids(tasks: Sequence[OrdinalTask], n_vocab: int, what: str) -> None:
-    for task in tasks:
-        bad = [t for t in task.token_ids if not 0 <= t < n_vocab]
-        if bad:
-            raise InvalidTokensError(
-                f"{what}: task {task.name!r} holds ids {bad[:5]} outside the vocabulary [0, {n_vocab - 1}]; "
-                "build tasks with the model's own tokenizer (hz.numeric_tasks(model.tokenizer))"
-            )
-
-
 def _collect(model: Any, tokens: Any, n_vocab: int, n_real: int) -> tuple[
         list[int], list[int], list[str], tuple[OrdinalTask, ...], pd.DataFrame]:
     """``(ids, values, task names, tasks, coverage)`` of the tokens to fit on, deduplicated
@@ -95,21 +85,9 @@ def _collect(model: Any, tokens: Any, n_vocab: int, n_real: int) -> tuple[
     whose values repeat (it is no ordinal sequence)."""
     skipped: dict[str, str] = {}
     if tokens is None:
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
-            raise DetectorNotApplicableError(
-                "mod10_features: the model has no tokenizer, so the number-like lists cannot be written in "
-                "its tokens. Pass them yourself: tokens={token_id: value, ...} or a list of hz.OrdinalTask "
-                "with values."
-            )
-        built, skipped = numeric_tasks(tokenizer, n_vocab=n_real)
-        if not built:
-            raise DetectorNotApplicableError(
-                "mod10_features: none of the number-like lists (numbers 0-999, number words, ordinals, days, "
-                "months, Roman numerals) is made of single tokens of this model's tokenizer "
-                f"({'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}). Pass tokens={{token_id: "
-                "value, ...}} instead."
-            )
+        built, skipped = builtin_tasks(
+            model, lists="numeric", who="mod10_features", n_vocab=n_real,
+            instead="Pass them yourself: tokens={token_id: value, ...} or a list of hz.OrdinalTask with values.")
         tasks = tuple(built)
     elif isinstance(tokens, Mapping):
         if not tokens:
@@ -137,7 +115,7 @@ def _collect(model: Any, tokens: Any, n_vocab: int, n_real: int) -> tuple[
             isinstance(tokens, Sequence) and not isinstance(tokens, str) and tokens
             and all(isinstance(t, OrdinalTask) for t in tokens)):
         tasks = as_tasks(tokens)
-        _check_task_ids(tasks, n_vocab, "tokens")
+        check_task_ids(tasks, n_vocab, "tokens")
     else:
         raise InvalidOptionError(
             "tokens must be None (the number-like lists of the model's tokenizer), a list of hz.OrdinalTask, "
@@ -826,7 +804,7 @@ def successor_editing(
             raise UnsupportedModelError(f"{type(model).__name__} exposes no {name}; editing reads the head's OV circuit.")
     circuits = WeightCircuits(model)
     n_out = circuits.n_outputs
-    _check_task_ids(chosen, n_out, "tasks")
+    check_task_ids(chosen, n_out, "tasks")
     variant = str(fmeta["embedding"]["variant"])
     directions = features.directions.double()
     union = sorted({t for task in chosen for t in task.token_ids})

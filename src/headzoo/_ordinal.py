@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from headzoo._errors import InvalidOptionError, InvalidTokensError
+from headzoo._errors import DetectorNotApplicableError, InvalidOptionError, InvalidTokensError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -252,6 +252,41 @@ def _build(
             rows.append((list_name, form, name if task else "", len(items), n_single,
                          len(task.token_ids) if task else 0, len(task.pairs()) if task else 0, note))
     return tasks, skipped, rows
+
+
+def builtin_tasks(model: Any, *, lists: str, who: str, n_vocab: int | None, instead: str) -> tuple[list[OrdinalTask], dict[str, str]]:
+    """The built-in ``lists`` (``"ordinal"`` or ``"numeric"``) in ``model``'s tokenizer, for a
+    function named ``who``; ``instead`` says what the user can pass when there are none.
+
+    Raises:
+        DetectorNotApplicableError: the model has no tokenizer, or no list is expressible.
+    """
+    kind = "ordinal" if lists == "ordinal" else "number-like"
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise DetectorNotApplicableError(
+            f"{who}: the model has no tokenizer, so the built-in {kind} lists cannot be written in its tokens. {instead}"
+        )
+    build = ordinal_tasks if lists == "ordinal" else numeric_tasks
+    found, skipped = build(tokenizer, n_vocab=n_vocab)
+    if not found:
+        shown = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
+        raise DetectorNotApplicableError(
+            f"{who}: none of the built-in {kind} lists can be written as single tokens of this model's tokenizer "
+            f"({shown}; ...). {instead}"
+        )
+    return found, skipped
+
+
+def check_task_ids(tasks: Sequence[OrdinalTask], n_vocab: int, who: str) -> None:
+    """Refuse tasks holding ids outside ``[0, n_vocab)`` (:class:`InvalidTokensError`)."""
+    for task in tasks:
+        bad = [t for t in task.token_ids if not 0 <= t < n_vocab]
+        if bad:
+            raise InvalidTokensError(
+                f"{who}: task {task.name!r} holds ids {bad[:5]} outside the vocabulary [0, {n_vocab - 1}]; "
+                "build tasks with the model's own tokenizer (hz.ordinal_tasks or hz.numeric_tasks)"
+            )
 
 
 def as_tasks(tasks: Any) -> tuple[OrdinalTask, ...]:

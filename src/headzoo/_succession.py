@@ -37,13 +37,12 @@ from headzoo._errors import (
     DetectorNotApplicableError,
     EmptyResultError,
     InvalidOptionError,
-    InvalidTokensError,
     UnsupportedTokenizerError,
 )
 from headzoo._forward import check_finite, final_norm, hook_name, require_hooks, run
 from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
 from headzoo._models import ModelInfo, head_weights, library_versions, model_info
-from headzoo._ordinal import OrdinalTask, as_tasks, numeric_tasks, ordinal_tasks
+from headzoo._ordinal import OrdinalTask, as_tasks, builtin_tasks, check_task_ids, numeric_tasks, ordinal_tasks
 from headzoo._results import colour
 from headzoo._tokens import check_bool, check_heads, check_int, ordinary_ids, token_strings
 
@@ -114,28 +113,13 @@ def _resolve_tasks(model: Any, info: ModelInfo, tasks: Any, who: str) -> tuple[t
     """``(tasks, skipped, built_in)``: the user's tasks checked against the vocabulary, or the
     built-in ordinal lists in the model's tokenizer."""
     if tasks is None:
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
-            raise DetectorNotApplicableError(
-                "the model has no tokenizer, so the built-in ordinal lists cannot be written in its tokens. "
-                "Pass explicit sequences instead: tasks=[[id1, id2, id3, ...], ...] (or hz.OrdinalTask objects)."
-            )
-        found, skipped = ordinal_tasks(tokenizer, n_vocab=_n_outputs(model, info))
-        if not found:
-            raise DetectorNotApplicableError(
-                "none of the built-in ordinal lists can be written as single tokens of this model's tokenizer "
-                f"({'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}; ...). Pass explicit sequences "
-                "instead: tasks=[[id1, id2, id3, ...], ...]."
-            )
+        found, skipped = builtin_tasks(
+            model, lists="ordinal", who=who, n_vocab=_n_outputs(model, info),
+            instead="Pass explicit sequences instead: tasks=[[id1, id2, id3, ...], ...] (or hz.OrdinalTask objects).")
         return tuple(found), skipped, True
     out = as_tasks(tasks)
+    check_task_ids(out, info.d_vocab, who)
     for task in out:
-        bad = [t for t in task.token_ids if not 0 <= t < info.d_vocab]
-        if bad:
-            raise InvalidTokensError(
-                f"{who}: task {task.name!r} holds ids {bad[:5]} outside the vocabulary [0, {info.d_vocab - 1}]; "
-                "give token ids of this model"
-            )
         if not task.pairs():
             raise InvalidOptionError(f"{who}: task {task.name!r} has no (token, successor) pair; its values leave no two one apart")
     return out, {}, False
