@@ -113,6 +113,13 @@ def _dtype_of(module: Any, x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def output_columns(model: Any, info: ModelInfo) -> int:
+    """Vocabulary columns a token can be ranked over: real tokens only (no padding rows of
+    ``W_U``); ``d_vocab`` bounds it for a model that exposes no ``W_U``."""
+    w_u = getattr(model, "W_U", None)
+    return min(info.n_real_tokens, int(w_u.shape[-1]) if w_u is not None else info.d_vocab)
+
+
 @dataclass(frozen=True)
 class OVRanks:
     """Where each sampled token's own logit falls in its OV row, per head.
@@ -171,7 +178,7 @@ class WeightCircuits:
     @property
     def n_outputs(self) -> int:
         """Vocabulary columns ranked over: real tokens only (no padding rows of W_U)."""
-        return min(self.info.n_real_tokens, int(self.model.W_U.shape[-1]))
+        return output_columns(self.model, self.info)
 
     def candidates(self) -> Int[torch.Tensor, " n"]:
         """Token ids a sample may hold: real, non-special tokens."""

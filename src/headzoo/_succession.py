@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
-from headzoo._circuits import norm_linear_part
+from headzoo._circuits import norm_linear_part, output_columns
 from headzoo._errors import (
     DetectorNotApplicableError,
     EmptyResultError,
@@ -103,18 +103,12 @@ CATEGORIES = ("successor", "copy", "other")
 
 # -- tasks ----------------------------------------------------------------------------------
 
-def _n_outputs(model: Any, info: ModelInfo) -> int:
-    w_u = getattr(model, "W_U", None)
-    cols = int(w_u.shape[-1]) if w_u is not None else info.d_vocab
-    return min(info.n_real_tokens, cols)
-
-
 def _resolve_tasks(model: Any, info: ModelInfo, tasks: Any, who: str) -> tuple[tuple[OrdinalTask, ...], dict[str, str], bool]:
     """``(tasks, skipped, built_in)``: the user's tasks checked against the vocabulary, or the
     built-in ordinal lists in the model's tokenizer."""
     if tasks is None:
         found, skipped = builtin_tasks(
-            model, lists="ordinal", who=who, n_vocab=_n_outputs(model, info),
+            model, lists="ordinal", who=who, n_vocab=output_columns(model, info),
             instead="Pass explicit sequences instead: tasks=[[id1, id2, id3, ...], ...] (or hz.OrdinalTask objects).")
         return tuple(found), skipped, True
     out = as_tasks(tasks)
@@ -132,7 +126,7 @@ def _builtin_ids(model: Any, info: ModelInfo) -> set[int]:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         return set()
-    n_out = _n_outputs(model, info)
+    n_out = output_columns(model, info)
     found = ordinal_tasks(tokenizer, n_vocab=n_out)[0] + numeric_tasks(tokenizer, n_vocab=n_out)[0]
     return {t for task in found for t in task.token_ids}
 
@@ -278,7 +272,7 @@ def succession_prompts(
         )
     banned = {t for task in resolved for t in task.token_ids} | _builtin_ids(model, info)
     pool = ordinary_ids(info)
-    pool = pool[(pool < _n_outputs(model, info)) & ~torch.isin(pool, torch.tensor(sorted(banned), dtype=torch.long))]
+    pool = pool[(pool < output_columns(model, info)) & ~torch.isin(pool, torch.tensor(sorted(banned), dtype=torch.long))]
     if len(pool) == 0:
         raise DetectorNotApplicableError(
             "every ordinary token of the model belongs to an ordinal task, so there is no "
@@ -773,7 +767,7 @@ def _successor_map(model: Any, info: ModelInfo, tasks: Any) -> tuple[dict[int, s
     found: list[OrdinalTask] = []
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
-        n_out = _n_outputs(model, info)
+        n_out = output_columns(model, info)
         found += ordinal_tasks(tokenizer, n_vocab=n_out)[0] + numeric_tasks(tokenizer, n_vocab=n_out)[0]
     if tasks is not None:
         found += list(_resolve_tasks(model, info, tasks, "successor_on_text")[0])
@@ -922,7 +916,7 @@ def successor_on_text(
     z_name, p_name = hook_name("z", layer), hook_name("pattern", layer)
     require_hooks(model, [z_name, p_name], "successor_on_text")
     w_o = head_weights(model, "O", layer)[h].float().to(device)  # [d_head, d_model]
-    n_out = _n_outputs(model, info)
+    n_out = output_columns(model, info)
     readout = _readout(model, info.d_model, device, slice(0, n_out))  # [d_model, vocab]
     readout_mean = readout.mean(1)  # centring over the vocabulary: x @ mean(W_U) is the row mean
     rows_per_chunk = max(1, (8 * 2**20) // max(1, n_out))
