@@ -116,7 +116,7 @@ def test_batched_equals_unbatched_with_options(planted):
 def test_deciles_follow_the_distribution(planted):
     docs = word_docs(3)
     frame = hz.head_examples(planted, docs, heads=[(0, 0), (1, 3)], k=2).to_frame()
-    for (layer, head, act), part in frame.groupby(["layer", "head", "activation"]):
+    for _, part in frame.groupby(["layer", "head", "activation"]):
         dec = part[part["kind"] == "decile"].sort_values("decile")
         assert list(dec["decile"]) == list(range(1, 11)) and list(dec["rank"]) == list(range(1, 11))
         assert dec["value"].is_monotonic_increasing

@@ -336,7 +336,7 @@ class HeadExamples(Result):
         missing = [c for c in _COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"HeadExamples needs columns {_COLUMNS}; missing {missing}")
-        frame = strings_as_str(frame[_COLUMNS])
+        frame = strings_as_str(cast(pd.DataFrame, frame[_COLUMNS]))
         for col in _INTS:
             frame[col] = frame[col].astype("int64")
         for col in _NULLABLE:
@@ -419,7 +419,7 @@ class HeadExamples(Result):
             s = html.escape(tok).replace("\n", "&#8629;")
             if i == len(tokens) - 1:
                 s = f"<b>{s}</b>"
-            if not pd.isna(attended) and i == int(attended):
+            if attended is not None and attended is not pd.NA and i == int(attended):
                 s = f"<mark>{s}</mark>"
             spans.append(s)
         return "<span style='white-space:pre-wrap;font-family:monospace'>" + "&#8203;".join(spans) + "</span>"
@@ -433,7 +433,7 @@ class HeadExamples(Result):
         parts = [f"<div style='font-family:sans-serif;font-size:12px'><b>HeadExamples</b> &middot; {esc(name)} &middot; "
                  f"{int(corpus.get('n_tokens', 0))} tokens of {esc(str(corpus.get('source', '')))}"]
         frame = self._frame[self._frame["kind"] == "top"]
-        hi = {act: float(frame.loc[frame["activation"] == act, "value"].max()) if (frame["activation"] == act).any() else 1.0
+        hi = {act: float(frame.loc[frame["activation"] == act, "value"].max()) if bool((frame["activation"] == act).any()) else 1.0
               for act in ACTIVATIONS}
         for layer, head in self.heads[:max_heads]:
             rows = []
