@@ -243,3 +243,26 @@ def test_result_protocol_and_hostile_tokens(tmp_path):
     assert type(fig).__name__ == "Figure" and fig.data[0].z.shape == (2, 2)
     assert "HeadExamples(4 heads" in repr(result)
     hz.head_examples(model, docs, k=1).to_frame()  # idempotent: nothing left behind by the first run
+
+
+def test_activations_agree_with_transformer_lens_cache(planted):
+    """With k as large as the corpus, the top rows hold every position: each value equals what
+    a full run_with_cache gives (max non-BOS attention; ||z @ W_O||)."""
+    doc = word_docs(7, n_docs=1, low=20, high=20)
+    result = hz.head_examples(planted, doc, heads=[(0, 1), (1, 2)], k=20, deciles=False)
+    tokens = planted.to_tokens(doc[0])  # [1, 21]: BOS first
+    _, cache = planted.run_with_cache(tokens)
+    frame = result.to_frame()
+    for layer, head in ((0, 1), (1, 2)):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]  # [q, k]
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        z = z[0, :, head] if z.ndim == 4 else z[0].unflatten(-1, (4, -1))[:, head]  # [pos, d_head]
+        norm = (z @ planted.W_O[layer, head]).norm(dim=-1)
+        part = frame[(frame["layer"] == layer) & (frame["head"] == head)]
+        att = part[part["activation"] == "attention"].sort_values("pos")
+        out = part[part["activation"] == "output_norm"].sort_values("pos")
+        assert list(att["pos"]) == list(range(20)) and list(out["pos"]) == list(range(20))
+        np.testing.assert_allclose(att["value"], pattern[1:, 1:].max(-1).values.numpy(), atol=1e-5)
+        assert list(att["attended_pos"]) == (pattern[1:, 1:].argmax(-1)).tolist()
+        np.testing.assert_allclose(out["value"], norm[1:].detach().numpy(), rtol=1e-4, atol=1e-5)
+        assert list(out["attended_pos"].fillna(-1)) == (pattern[1:].argmax(-1) - 1).tolist()

@@ -65,7 +65,7 @@ def _reader(store: dict[str, torch.Tensor], kind: str, heads: list[int], n_heads
 
     def keep(act: torch.Tensor) -> None:
         if kind == "pattern":
-            store["pattern"] = act[:, heads].detach().float()
+            store["pattern"] = (act if heads == list(range(act.shape[1])) else act[:, heads]).detach().float()
         else:
             store["z"] = heads_of_z(act, n_heads)[:, :, heads].detach().float()
 
@@ -179,7 +179,8 @@ def head_examples(
     names = {layer: (hook_name("pattern", layer), hook_name("z", layer)) for layer in layers}
     require_hooks(model, [n for pair in names.values() for n in pair], "head_examples")
     with torch.no_grad():
-        w_o = {layer: head_weights(model, "O", layer)[by_layer[layer]].float().to(device) for layer in layers}  # [h, d_head, d_model]
+        w_o = {layer: head_weights(model, "O", layer)[by_layer[layer]].double().to(device) for layer in layers}  # [h, d_head, d_model]
+        gram = {layer: (w @ w.transpose(1, 2)).float() for layer, w in w_o.items()}  # [h, d_head, d_head]
     n_sel = len(pairs)
     column = {pair: i for i, pair in enumerate(pairs)}
     # running top k per head and activation: values, rank keys, doc, pos, attended doc position (-1: BOS)
@@ -205,14 +206,13 @@ def head_examples(
                 cols = [column[(layer, h)] for h in by_layer[layer]]
                 pattern = got[layer]["pattern"]  # [b, h, q, k]
                 norm_key[:, :, cols] = pattern.argmax(-1).transpose(1, 2)
-                if n_bos:
-                    pattern = pattern.clone()
-                    pattern[..., 0] = -1.0  # the BOS key never counts as the attended key
-                best = pattern.max(-1)
+                best = pattern[..., n_bos:].max(-1)  # the BOS key never counts as the attended key (a view: no copy)
                 att[:, :, cols] = best.values.transpose(1, 2)
-                att_key[:, :, cols] = best.indices.transpose(1, 2)
-                out = torch.einsum("bphe,hed->bphd", got[layer]["z"], w_o[layer])  # [b, pos, h, d_model]
-                norm[:, :, cols] = out.norm(dim=-1)
+                att_key[:, :, cols] = best.indices.transpose(1, 2) + n_bos
+                # ||z W_O||^2 = z (W_O W_O^T) z^T: no [batch, pos, head, d_model] tensor is formed
+                z = got[layer]["z"]  # [b, pos, h, d_head]
+                square = (torch.einsum("bphe,hef->bphf", z, gram[layer]) * z).sum(-1)
+                norm[:, :, cols] = square.clamp_min(0.0).sqrt()
         # the real query positions of the batch, flattened: row i, block position n_bos + j
         rows, qpos, doc, pos, start = [], [], [], [], []
         for i, w in enumerate(chunk):
