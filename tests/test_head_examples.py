@@ -239,6 +239,14 @@ def test_result_protocol_and_hostile_tokens(tmp_path):
     back = hz.HeadExamples.load(result.save(tmp_path / "examples.parquet"))
     pd.testing.assert_frame_equal(back.to_frame(), frame)
     assert back.meta == result.meta and back.heads == result.heads
+    assert hz.HeadExamples.save is hz.HeadScores.save and hz.HeadExamples._FORMAT == "HeadExamples"
+    with pytest.raises(hz.CorruptFileError):
+        hz.HeadScores.load(tmp_path / "examples.parquet")  # another result type's file is refused
+    data = bytearray((tmp_path / "examples.parquet").read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (tmp_path / "flipped.parquet").write_bytes(bytes(data))
+    with pytest.raises(hz.CorruptFileError):
+        hz.HeadExamples.load(tmp_path / "flipped.parquet")
     fig = result.plot()
     assert type(fig).__name__ == "Figure" and fig.data[0].z.shape == (2, 2)
     assert "HeadExamples(4 heads" in repr(result)
