@@ -274,3 +274,25 @@ def test_activations_agree_with_transformer_lens_cache(planted):
         assert list(att["attended_pos"]) == (pattern[1:, 1:].argmax(-1)).tolist()
         np.testing.assert_allclose(out["value"], norm[1:].detach().numpy(), rtol=1e-4, atol=1e-5)
         assert list(out["attended_pos"].fillna(-1)) == (pattern[1:].argmax(-1) - 1).tolist()
+
+
+def test_gpt2_shaped_model_with_hostile_text(tmp_path):
+    from _gpt2 import gpt2_shaped_model
+
+    model = gpt2_shaped_model()
+    before = digest(model)
+    hostile = [
+        "On Monday <script>alert('x')</script> & then Tuesday; 1, 2, 3 and <b>January</b> February.",
+        "A B C <img src=x onerror=alert(1)> one two three \u2014 \"quoted\" \n new line " * 3,
+    ]
+    result = hz.head_examples(model, hostile, heads=[(0, 0), (1, 2)], k=5, batch_size=3)
+    assert digest(model) == before
+    frame = result.to_frame()
+    bos = frame[frame["attended_pos"].isna()]
+    assert (bos["attended_token"] == "<|endoftext|>").all()
+    for context, doc in zip(frame["context"], frame["doc"]):
+        assert "".join(json.loads(context)) in hostile[int(doc)]  # token strings decode back to the text
+    page = result._repr_html_()
+    assert "<script" not in page and "<img" not in page and "<b>January" not in page
+    back = hz.HeadExamples.load(result.save(tmp_path / "gpt2.parquet"))
+    pd.testing.assert_frame_equal(back.to_frame(), frame)
