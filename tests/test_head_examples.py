@@ -296,3 +296,19 @@ def test_gpt2_shaped_model_with_hostile_text(tmp_path):
     assert "<script" not in page and "<img" not in page and "<b>January" not in page
     back = hz.HeadExamples.load(result.save(tmp_path / "gpt2.parquet"))
     pd.testing.assert_frame_equal(back.to_frame(), frame)
+
+
+def test_progress_bar_and_shared_corpus_reading(planted, capsys, tmp_path):
+    docs = word_docs(8, n_docs=20, low=30, high=40)
+    hz.head_examples(planted, docs, heads=[(0, 1)], k=1, batch_size=1, progress=True)
+    assert "headzoo head examples" in capsys.readouterr().err
+    hz.head_examples(planted, docs, heads=[(0, 1)], k=1, batch_size=1, progress=False)
+    assert "headzoo head examples" not in capsys.readouterr().err
+    # successor_on_text reads a corpus the same way: a folder of texts is one document per file
+    from headzoo.testing import successor_model
+
+    model = successor_model()
+    (tmp_path / "a.txt").write_text("f1 3 f2 4 f5")
+    (tmp_path / "b.txt").write_text("f3 7 f4 8 f6")
+    text = hz.successor_on_text(model, (1, 1), tmp_path, k=3)
+    assert text.meta["corpus"]["n_docs"] == 2 and text.meta["corpus"]["source"] == str(tmp_path)

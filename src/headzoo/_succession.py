@@ -792,8 +792,10 @@ def successor_on_text(
 
     Args:
         head: ``(layer, head)``.
-        corpus: ``None`` (the text shipped with headzoo), a UTF-8 text file's path, or a list
-            of strings (one document each; windows never cross documents).
+        corpus: ``None`` (the text shipped with headzoo), a UTF-8 text file's path, a list
+            of strings (one document each; windows never cross documents), or, as for
+            :func:`hz.head_examples`, a folder of ``*.txt`` files, a saved or loaded
+            ``datasets.Dataset`` with a ``"text"`` column.
         k: positions kept.
         tasks: extra ordinal tasks (token-id sequences, ``{name: ids}``, ``hz.OrdinalTask``).
         ablation: ``"mean"``, ``"zero"``, ``"resample"`` or ``"uniform"``. Resampling draws from
