@@ -228,9 +228,10 @@ def head_examples(
         offset = cand["start"] - n_bos  # block position -> document position
 
         # [n, heads]; a key's block position becomes a document position, -1 for the BOS
-        values = {act: (v.cpu().numpy()[r, q].astype(np.float64),
-                        np.where(a.cpu().numpy()[r, q] >= n_bos, a.cpu().numpy()[r, q] + offset[:, None], -1))
-                  for act, v, a in (("attention", att, att_key), ("output_norm", norm, norm_key))}
+        values = {}
+        for act, v, a in (("attention", att, att_key), ("output_norm", norm, norm_key)):
+            key_at = a.cpu().numpy()[r, q]
+            values[act] = (v.cpu().numpy()[r, q].astype(np.float64), np.where(key_at >= n_bos, key_at + offset[:, None], -1))
         for act, (v, a) in values.items():
             merged = {"value": v.T, "doc": np.broadcast_to(cand["doc"], v.T.shape), "pos": np.broadcast_to(cand["pos"], v.T.shape),
                       "start": np.broadcast_to(cand["start"], v.T.shape), "attended": a.T}  # [heads, n]
@@ -283,7 +284,7 @@ def head_examples(
                                    float(t["value"][h, j]), int(t["start"][h, j]), int(t["attended"][h, j])))
             if deciles and len(res["key"]):
                 v = res[act][:, h]
-                order = np.lexsort((res["key"], v))  # by value, ties by key
+                order = np.lexsort((res["key"], rank_key(v)))  # by value (to float noise), ties by key
                 m = len(order)
                 for dec in range(10):
                     part = order[(dec * m) // 10 : ((dec + 1) * m) // 10]
