@@ -43,6 +43,7 @@ from headzoo._errors import (
     UnsupportedModelError,
     UnsupportedTokenizerError,
 )
+from headzoo._examples import HeadExamples, head_examples
 from headzoo._function_vectors import function_vector_effects
 from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
@@ -120,6 +121,8 @@ __all__ = [
     "function_vector_effects",
     "composition_scores",
     "CompositionScores",
+    "head_examples",
+    "HeadExamples",
     "head_graph",
     "HeadGraph",
     "OrdinalTask",

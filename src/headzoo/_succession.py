@@ -21,8 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -44,6 +43,9 @@ from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
 from headzoo._models import ModelInfo, head_weights, library_versions, model_info
 from headzoo._ordinal import OrdinalTask, as_tasks, builtin_tasks, check_task_ids, numeric_tasks, ordinal_tasks
 from headzoo._results import colour
+from headzoo._stream import Window, heads_of_z, rank_key, read_corpus, truncate
+from headzoo._stream import block as stack_windows
+from headzoo._stream import windows as corpus_windows
 from headzoo._tokens import check_bool, check_heads, check_int, ordinary_ids, token_strings
 
 __all__ = [
@@ -405,12 +407,6 @@ def _readout(model: Any, d_model: int, device: torch.device, cols: torch.Tensor 
     return w_u - w_u.mean(0, keepdim=True) if centres else w_u
 
 
-def _heads(z: torch.Tensor, n_heads: int) -> Float[torch.Tensor, "batch pos head d_head"]:
-    """``hook_z`` as ``[batch, pos, head, d_head]``: bridges hand a read hook the attention
-    output before ``W_O`` flattened, ``[batch, pos, head * d_head]``."""
-    return z.unflatten(-1, (n_heads, -1)) if z.ndim == 3 else z
-
-
 # -- succession in context --------------------------------------------------------------------
 
 def succession_in_context(
@@ -485,7 +481,7 @@ def succession_in_context(
             read[p_name] = pattern
             if with_z:
                 def keep_z(act: torch.Tensor, layer: int = layer) -> None:
-                    z[:, layer] = _heads(act, H)[rows, end].float()  # [batch, pos, head, d_head] -> [n, head, d_head]
+                    z[:, layer] = heads_of_z(act, H)[rows, end].float()  # [batch, pos, head, d_head] -> [n, head, d_head]
                 read[z_name] = keep_z
         if with_z:
             extra, how = _final_scale_reader(model, store, at_end)
@@ -733,34 +729,6 @@ class SuccessionInContext(Result):
 
 # -- successor heads on text ------------------------------------------------------------------
 
-def _corpus_docs(tokenizer: Any, corpus: Any) -> tuple[list[list[int]], dict[str, Any]]:
-    """The corpus as token ids, one list per document, and how it was read."""
-    from headzoo._vocab import corpus_ids, encode_corpus, text_digest
-
-    if corpus is None or isinstance(corpus, (str, os.PathLike)):
-        ids, digest, unknown = corpus_ids(tokenizer, corpus, what="corpus")
-        source = "shipped" if corpus is None or corpus == "shipped" else str(corpus)
-        docs = [ids]
-    elif isinstance(corpus, (list, tuple)):
-        if not corpus:
-            raise InvalidOptionError("corpus is an empty list; give at least one non-empty string")
-        bad = [i for i, t in enumerate(corpus) if not isinstance(t, str)]
-        if bad:
-            raise InvalidOptionError(f"corpus must be None, a path or a list of strings; item {bad[0]} is {type(corpus[bad[0]]).__name__}")
-        docs = [[i for block in encode_corpus(tokenizer, text) for i in block] for text in corpus]
-        digest, source = text_digest("\x00".join(corpus)), "strings"
-        flat = [i for d in docs for i in d]
-        unk = getattr(tokenizer, "unk_token_id", None)
-        unknown = (sum(i == unk for i in flat) / len(flat)) if flat and unk is not None else 0.0
-    else:
-        raise InvalidOptionError(f"corpus must be None (the shipped text), a path, or a list of strings; got {type(corpus).__name__}")
-    if sum(len(d) >= 2 for d in docs) == 0:
-        raise InvalidOptionError(
-            "corpus holds no document of two or more tokens, so no next token can be predicted; give more text"
-        )
-    return docs, {"source": source, "digest": digest, "unknown_share": float(unknown), "n_docs": len(docs)}
-
-
 def _successor_map(model: Any, info: ModelInfo, tasks: Any) -> tuple[dict[int, set[int]], list[str]]:
     """``{id: ids of its successors}`` over the built-in ordinal and number-like lists of the
     tokenizer plus ``tasks``, and the names of the tasks used."""
@@ -776,25 +744,6 @@ def _successor_map(model: Any, info: ModelInfo, tasks: Any) -> tuple[dict[int, s
         for a, b in task.pairs():
             succ.setdefault(int(a), set()).add(int(b))
     return succ, [t.name for t in found]
-
-
-@dataclass(frozen=True)
-class _Window:
-    doc: int
-    start: int  # doc position of the window's first token
-    ids: tuple[int, ...]
-
-
-def _windows(docs: list[list[int]], length: int) -> Iterator[_Window]:
-    """Consecutive windows of at most ``length`` tokens, overlapping by one, so every token but
-    a document's last is a query with its next token in the same window exactly once."""
-    for d, ids in enumerate(docs):
-        if len(ids) < 2:
-            continue
-        start = 0
-        while start < len(ids) - 1:
-            yield _Window(d, start, tuple(ids[start : start + length]))
-            start += length - 1
 
 
 def successor_on_text(
@@ -837,8 +786,10 @@ def successor_on_text(
 
     Args:
         head: ``(layer, head)``.
-        corpus: ``None`` (the text shipped with headzoo), a UTF-8 text file's path, or a list
-            of strings (one document each; windows never cross documents).
+        corpus: ``None`` (the text shipped with headzoo), a UTF-8 text file's path, a list
+            of strings (one document each; windows never cross documents), or, as for
+            :func:`hz.head_examples`, a folder of ``*.txt`` files, a saved or loaded
+            ``datasets.Dataset`` with a ``"text"`` column.
         k: positions kept.
         tasks: extra ordinal tasks (token-id sequences, ``{name: ids}``, ``hz.OrdinalTask``).
         ablation: ``"mean"``, ``"zero"``, ``"resample"`` or ``"uniform"``. Resampling draws from
@@ -876,14 +827,10 @@ def successor_on_text(
             "successor_on_text reads text, and the model has no tokenizer to read it with; load the model with its tokenizer"
         )
     check_finite(model)
-    docs, corpus_meta = _corpus_docs(tokenizer, corpus)
+    docs, corpus_meta = read_corpus(tokenizer, corpus, who="successor_on_text", min_tokens=2)
+    del corpus_meta["complete"]  # the whole corpus is read: its size is reported
     total = sum(len(d) for d in docs)
-    if max_tokens is not None and total > max_tokens:
-        left, cut = max_tokens, []
-        for d in docs:
-            cut.append(d[:left])
-            left -= len(cut[-1])
-        docs = cut
+    docs = truncate(docs, max_tokens)
     n_read = sum(len(d) for d in docs)
     if sum(len(d) >= 2 for d in docs) == 0:
         raise InvalidOptionError(f"max_tokens={max_tokens} leaves no document of two or more tokens; raise it")
@@ -893,17 +840,13 @@ def successor_on_text(
     length = info.n_ctx - n_bos
     if length < 2:
         raise InvalidOptionError(f"the model's context ({info.n_ctx}) leaves no room for a token and its successor")
-    windows = list(_windows(docs, length))
+    windows = list(corpus_windows(docs, length, overlap=1, min_tokens=2))
     width = n_bos + max(len(w.ids) for w in windows)  # one block width: batching changes nothing
     pad_id = int(bos) if bos is not None else 0
     device = torch.device(info.device)
 
-    def block(chunk: Sequence[_Window]) -> torch.Tensor:
-        out = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        for i, w in enumerate(chunk):
-            row = ([bos] if bos is not None else []) + list(w.ids)
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return out
+    def block(chunk: Sequence[Window]) -> torch.Tensor:
+        return stack_windows(chunk, width, bos, pad_id)
 
     hooks: list[Any] = []
     reference = None
@@ -937,7 +880,7 @@ def successor_on_text(
         got: dict[str, torch.Tensor] = {}
 
         def keep_z(act: torch.Tensor, got: dict[str, torch.Tensor] = got) -> None:
-            got["z"] = _heads(act, info.n_heads)[:, :, h].detach().float()  # [batch, pos, d_head]
+            got["z"] = heads_of_z(act, info.n_heads)[:, :, h].detach().float()  # [batch, pos, d_head]
 
         def keep_pattern(act: torch.Tensor, got: dict[str, torch.Tensor] = got) -> None:
             got["attended"] = act[:, h].argmax(-1)  # [batch, query]: the key attended most
@@ -988,7 +931,7 @@ def successor_on_text(
                   for c, dt in _CANDIDATE.items()}
         # best first; ties (to float noise) by document and position, so what is kept and its
         # order do not depend on batching
-        order = np.lexsort((merged["pos"], merged["doc"], -_rank_key(merged["contribution"])))[:k]
+        order = np.lexsort((merged["pos"], merged["doc"], -rank_key(merged["contribution"])))[:k]
         top = {c: v[order] for c, v in merged.items()}
     if not top or len(top["doc"]) == 0:
         raise EmptyResultError("successor_on_text scored no position; give a longer corpus")
@@ -1037,16 +980,6 @@ _CANDIDATE: dict[str, Any] = {
     "contribution": np.float64, "doc": np.int64, "pos": np.int64, "token_id": np.int64, "attended": np.int64,
     "attended_id": np.int64, "promoted": np.int64, "loss_increase": np.float64, "next_id": np.int64, "succession": bool,
 }
-
-
-def _rank_key(x: np.ndarray) -> np.ndarray:
-    """``x`` rounded to 6 significant digits. A different batch size changes the order of float
-    sums (differences near 1e-7 relative); rounded, such values tie and the tie goes to the
-    earlier position. The reported contribution is not rounded."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.floor(np.log10(np.abs(x)))
-    scale = 10.0 ** (5 - np.where(np.isfinite(mag), mag, 0.0))
-    return np.round(x * scale) / scale
 
 
 def _mean(total: float, count: int) -> float:
