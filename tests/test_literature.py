@@ -17,7 +17,7 @@ import pytest
 from _gpt2 import gpt2_shaped_model
 
 import headzoo as hz
-from headzoo._literature import NO_DETECTOR, normalise_model_name
+from headzoo._literature import NO_DETECTOR, normalise_model_name, parse_catalogue
 
 COLUMNS = ["model", "layer", "head", "label", "paper_label", "citation", "source", "verified", "note"]
 
@@ -44,6 +44,23 @@ def test_csv_parses_with_the_right_columns_and_dtypes():
     assert (table["layer"] >= 0).all() and (table["head"] >= 0).all()
     # one claim per (model, head, label, citation)
     assert not table.duplicated(["model", "layer", "head", "label", "citation"]).any()
+
+
+HEADER = ",".join(COLUMNS)
+GOOD = 'gpt2,9,9,name_mover,Name Mover Head,"Wang et al. 2022, arXiv 2211.00593",code,true,'
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("model,layer,head\ngpt2,1,2\n", "columns"),
+    (f"{HEADER}\n{GOOD.replace(',9,9,', ',nine,9,')}\n", "layer 'nine'"),
+    (f"{HEADER}\n{GOOD.replace(',9,9,', ',9,-1,')}\n", "head '-1'"),
+    (f"{HEADER}\n{GOOD.replace('Wang et al. 2022, arXiv 2211.00593', '')}\n", "empty citation"),
+    (f"{HEADER}\n{GOOD.replace(',true,', ',yes,')}\n", "verified 'yes'"),
+])
+def test_a_malformed_catalogue_is_a_typed_error(text, match):
+    with pytest.raises(hz.CorruptFileError, match=match):
+        parse_catalogue(text)
+    assert len(parse_catalogue(f"{HEADER}\n{GOOD}\n")) == 1
 
 
 def test_the_file_is_package_data_with_its_readme():

@@ -22,7 +22,7 @@ from headzoo._errors import CorruptFileError, EmptyResultError, InvalidOptionErr
 from headzoo._registry import list_detectors
 from headzoo._results import HeadScores
 
-__all__ = ["published_heads", "literature_agreement", "normalise_model_name", "NO_DETECTOR"]
+__all__ = ["published_heads", "literature_agreement", "normalise_model_name", "parse_catalogue", "NO_DETECTOR"]
 
 #: the ``label`` of a catalogued head whose role no headzoo detector measures
 NO_DETECTOR = "none"
@@ -56,10 +56,24 @@ def _catalogue() -> pd.DataFrame:
     path = importlib.resources.files("headzoo").joinpath("_data/literature/heads.csv")
     try:
         text = path.read_text(encoding="utf-8")
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise CorruptFileError(f"the literature catalogue headzoo/_data/literature/heads.csv cannot be read ({exc}); "
                                "reinstall headzoo") from exc
+    return parse_catalogue(text)
+
+
+def parse_catalogue(text: str) -> pd.DataFrame:
+    """Parse and check the catalogue's CSV text (see the README beside it for the columns).
+
+    Raises:
+        CorruptFileError: it is not CSV with exactly the catalogue's columns, a required text
+            is empty, a layer or head is not a non-negative integer, or ``verified`` is not
+            ``true``/``false``.
+    """
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except ValueError as exc:
+        raise CorruptFileError(f"headzoo/_data/literature/heads.csv is not valid CSV ({exc}); reinstall headzoo") from exc
     if list(frame.columns) != _COLUMNS:
         raise CorruptFileError(f"headzoo/_data/literature/heads.csv must have the columns {_COLUMNS}; "
                                f"it has {list(frame.columns)}. Reinstall headzoo or fix the file")
@@ -70,7 +84,8 @@ def _catalogue() -> pd.DataFrame:
     for col in ("layer", "head"):
         not_int = frame.index[~frame[col].str.fullmatch(r"\d+")].tolist()
         bad += [f"row {i + 2}: {col} {frame.at[i, col]!r} is not a non-negative integer" for i in not_int]
-    not_bool = frame.index[~frame["verified"].isin(["true", "false"])].tolist()
+    verified = cast(pd.Series, frame["verified"])
+    not_bool = frame.index[~verified.isin(["true", "false"]).to_numpy()].tolist()
     bad += [f"row {i + 2}: verified {frame.at[i, 'verified']!r} is not true or false" for i in not_bool]
     if bad:
         raise CorruptFileError("headzoo/_data/literature/heads.csv is malformed: " + "; ".join(bad[:5])
@@ -191,7 +206,7 @@ def literature_agreement(scores: HeadScores, model: Any = None) -> pd.DataFrame:
     out["threshold"] = pd.Series(limits, index=out.index, dtype="float64")
     out["agrees"] = pd.Series(agrees, index=out.index, dtype="boolean")
     out["headzoo_labels"] = [", ".join(passed.get((int(la), int(h)), [])) for la, h in zip(out["layer"], out["head"], strict=True)]
-    return out[_AGREEMENT].reset_index(drop=True)
+    return cast(pd.DataFrame, out[_AGREEMENT]).reset_index(drop=True)
 
 
 def _thresholds(scores: HeadScores) -> dict[str, float]:
