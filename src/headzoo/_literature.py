@@ -123,7 +123,8 @@ def published_heads(model: Any = None) -> pd.DataFrame:
     Args:
         model: ``None`` for the whole catalogue; a model name (``"gpt2"``, ``"gpt2-small"``,
             ``"EleutherAI/pythia-1.4b"``, ``"pythia-1.4b"``: case and organisation prefix do not
-            matter) or a TransformerLens model (its ``cfg.model_name``) for that model's rows.
+            matter), a TransformerLens model (its ``cfg.model_name``) or an :class:`hz.HeadScores`
+            (the model name it records) for that model's rows.
 
     Returns:
         One row per catalogued claim, columns ``model, layer, head, label, paper_label,
