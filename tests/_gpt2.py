@@ -47,7 +47,7 @@ def gpt2_tokenizer() -> Any:
 
 
 @functools.cache
-def _gpt2_shaped(seed: int, n_layers: int, n_heads: int, d_model: int) -> Any:
+def _gpt2_shaped(seed: int, n_layers: int, n_heads: int, d_model: int, model_name: str = "gpt2-shaped") -> Any:
     import torch
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
@@ -55,7 +55,7 @@ def _gpt2_shaped(seed: int, n_layers: int, n_heads: int, d_model: int) -> Any:
     cfg = dict(n_layers=n_layers, d_model=d_model, n_ctx=64, d_head=d_model // n_heads, n_heads=n_heads, d_vocab=50257,
                d_mlp=4 * d_model, act_fn="gelu_new", normalization_type="LN", default_prepend_bos=True)
     model = TransformerBridge.boot_native(  # pyright: ignore[reportAttributeAccessIssue]
-        TransformerBridgeConfig(**cfg), tokenizer=gpt2_tokenizer(), model_name="gpt2-shaped")
+        TransformerBridgeConfig(**cfg), tokenizer=gpt2_tokenizer(), model_name=model_name)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
@@ -66,8 +66,10 @@ def _gpt2_shaped(seed: int, n_layers: int, n_heads: int, d_model: int) -> Any:
     return model.eval()
 
 
-def gpt2_shaped_model(seed: int = 0, *, n_layers: int = 2, n_heads: int = 4, d_model: int = 64) -> Any:
+def gpt2_shaped_model(seed: int = 0, *, n_layers: int = 2, n_heads: int = 4, d_model: int = 64,
+                      model_name: str = "gpt2-shaped") -> Any:
     """A random model with GPT-2's vocabulary and real tokenizer, small in every other way
     (LayerNorm, GELU, learned positions, context 64); cached per arguments, so treat it as
-    read-only. Random weights (normal, std 0.02; norm scales 1, biases 0): no head of it is trained, so only code paths and coverage are tested on it, never findings."""
-    return _gpt2_shaped(seed, n_layers, n_heads, d_model)
+    read-only. Random weights (normal, std 0.02; norm scales 1, biases 0): no head of it is trained, so only code paths and coverage are tested on it, never findings.
+    ``model_name`` is its ``cfg.model_name`` (e.g. ``"gpt2"`` to be matched with GPT-2's catalogued heads)."""
+    return _gpt2_shaped(seed, n_layers, n_heads, d_model, model_name)

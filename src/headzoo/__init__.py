@@ -48,6 +48,7 @@ from headzoo._function_vectors import function_vector_effects
 from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
 from headzoo._ioi import IOIPrompts, ioi_prompts
+from headzoo._literature import literature_agreement, published_heads
 from headzoo._masking import MaskingCurve, retrieval_masking
 from headzoo._mod10 import Mod10Features, SuccessorEditing, mod10_features, successor_editing
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
@@ -142,6 +143,8 @@ __all__ = [
     "succession_in_context",
     "SuccessorTextEffects",
     "successor_on_text",
+    "published_heads",
+    "literature_agreement",
     "IOIPrompts",
     "ioi_prompts",
     "RelationList",
