@@ -47,6 +47,7 @@ from headzoo._examples import HeadExamples, head_examples
 from headzoo._function_vectors import function_vector_effects
 from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
+from headzoo._importance import HeadImportance, head_importance
 from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._literature import literature_agreement, published_heads
 from headzoo._masking import MaskingCurve, retrieval_masking
@@ -124,6 +125,8 @@ __all__ = [
     "CompositionScores",
     "head_examples",
     "HeadExamples",
+    "head_importance",
+    "HeadImportance",
     "head_graph",
     "HeadGraph",
     "OrdinalTask",
