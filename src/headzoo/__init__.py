@@ -12,6 +12,7 @@ from headzoo import (
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._compare import AtlasComparison, compare_atlases
 from headzoo._composition import CompositionScores, composition_scores
 from headzoo._detector import (
     STAGES,
@@ -126,6 +127,8 @@ __all__ = [
     "head_examples",
     "HeadExamples",
     "head_importance",
+    "compare_atlases",
+    "AtlasComparison",
     "HeadImportance",
     "head_graph",
     "HeadGraph",
