@@ -158,3 +158,27 @@ def test_result_accessors():
     frame = imp.to_frame().set_index(["layer", "head"])
     assert table.loc[1, 2] == frame.loc[(1, 2), "attribution"]
     assert len(imp.top(2)) == 2 and "HeadImportance(induction" in repr(imp)
+
+
+def test_exact_effects_do_not_depend_on_how_heads_share_a_forward(monkeypatch):
+    """Several heads per batched forward (the default here) and one head per forward agree, with
+    non-default options travelling with every forward."""
+    from headzoo import _importance
+
+    model = _model()
+    shared = hz.head_importance(model, ["induction", "retrieval"], exact_top=5, n_prompts=3, seed=4)
+    monkeypatch.setattr(_importance, "_TOKEN_BUDGET", 1)
+    alone = hz.head_importance(model, ["induction", "retrieval"], exact_top=5, n_prompts=3, seed=4)
+    a, b = shared.to_frame(), alone.to_frame()
+    assert (a["method"] == b["method"]).all() and (a["method"] == "exact").sum() == 10
+    assert np.allclose(a["effect"], b["effect"], atol=1e-5) and np.allclose(a["attribution"], b["attribution"], atol=1e-6)
+    assert shared.meta["seed"] == 4 and shared.meta["tasks"]["induction"]["n_prompts"] == 3
+
+
+def test_a_tiny_context_skips_what_does_not_fit():
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=64, d_vocab=12, n_ctx=16, seed=4, previous_token=(0, 0), induction=(1, 1))
+    imp = hz.head_importance(cached_planted(spec, "bridge", False), exact_top=4, n_prompts=4)
+    assert "induction" in imp.tasks and set(imp.tasks) | set(imp.meta["skipped"]) == {"induction", "ioi", "succession", "retrieval"}
+    assert np.isfinite(imp.to_frame()["effect"]).all()
+    best = imp.top(1, "induction").iloc[0]
+    assert (best["layer"], best["head"]) in {(1, 1), (0, 0)}

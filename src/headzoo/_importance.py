@@ -133,7 +133,10 @@ def _ioi(model: Any, info: ModelInfo, n: int, seed: int) -> _Task:
 def _succession(model: Any, info: ModelInfo, n: int, seed: int) -> _Task:
     from headzoo._succession import succession_prompts
 
-    prompts = succession_prompts(model, n=n, seed=seed)
+    try:
+        prompts = succession_prompts(model, n=n, seed=seed)
+    except InvalidOptionError as exc:  # the default gap needs more context than the model has
+        raise DetectorNotApplicableError(f"succession prompts do not fit this model: {exc}") from None
     return _Task(
         "succession", "an ordinal item (Monday, 3, March, ...) and, a few tokens later, a position that should "
         "name its successor (Gould et al. 2023)", "mean loss of the successor at the last position",
@@ -186,6 +189,10 @@ def _loss(logits: torch.Tensor, task: _Task, read: list[int], copies: int) -> to
     return -(taken * w).sum((1, 2)) / w.sum()
 
 
+def _nothing(act: torch.Tensor) -> None:
+    return None
+
+
 def _attribute(model: Any, info: ModelInfo, task: _Task) -> tuple[float, torch.Tensor, torch.Tensor]:
     """One forward and one backward on the task's prompts.
 
@@ -207,7 +214,9 @@ def _attribute(model: Any, info: ModelInfo, task: _Task) -> tuple[float, torch.T
     tokens = task.tokens.to(info.device)
     read = task.read
     with torch.enable_grad():
-        logits = run(model, tokens, edit=[(names[layer], leaf(layer)) for layer in range(info.n_layers)], logits=read)
+        # the no-op readers make the kernel diagnose a hook that never fires (fused attention)
+        logits = run(model, tokens, read={name: _nothing for name in names},
+                     edit=[(names[layer], leaf(layer)) for layer in range(info.n_layers)], logits=read)
         assert logits is not None
         loss = _loss(logits, task, read, 1)[0]
         grads = torch.autograd.grad(loss, [leaves[layer] for layer in range(info.n_layers)], allow_unused=True)
