@@ -154,3 +154,36 @@ def test_cli_bad_inputs_exit_2_with_one_line(atlases, tmp_path, capsys, which, e
     assert main(["compare", str(folder_a), str(b), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and err.count("\n") == 0 and err.startswith("headzoo: error: ") and expected in err, err
+
+
+def test_the_page_renders_offline_in_chromium_with_hostile_names_inert(atlases, tmp_path):
+    """compare.html in headless Chromium: no request beyond the file, no error, no dialog from the
+    hostile model name (shown as text), tables and heatmaps filled, no horizontal scroll at 800 px."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the [test] extra)")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("the browser test needs Debian's chromium: sudo apt-get install chromium")
+    a, b, _, _ = atlases
+    out = hz.compare_atlases(a, b).write(tmp_path / "cmp")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            for width in (800, 1440):
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                seen: dict[str, list] = {"errors": [], "requests": [], "dialogs": []}
+                page.on("console", lambda m, seen=seen: seen["errors"].append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e, seen=seen: seen["errors"].append(str(e)))
+                page.on("request", lambda r, seen=seen: seen["requests"].append(r.url))
+                page.on("dialog", lambda d, seen=seen: (seen["dialogs"].append(d.message), d.dismiss()))
+                page.goto((out / "compare.html").as_uri())
+                page.wait_for_load_state("load")
+                assert seen["errors"] == [] and seen["dialogs"] == []
+                assert seen["requests"] == [(out / "compare.html").as_uri()]
+                assert HOSTILE in page.inner_text("#title") and page.locator("img").count() == 0
+                assert page.locator("#correlations tbody tr").count() == len(DETECTORS)
+                assert page.locator("#moved tbody tr").count() >= 1
+                assert page.locator("#deltas .cell").count() == len(DETECTORS) * SPEC.n_layers * SPEC.n_heads
+                assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+                page.close()
+        finally:
+            browser.close()
