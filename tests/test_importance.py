@@ -160,18 +160,27 @@ def test_result_accessors():
     assert len(imp.top(2)) == 2 and "HeadImportance(induction" in repr(imp)
 
 
-def test_exact_effects_do_not_depend_on_how_heads_share_a_forward(monkeypatch):
-    """Several heads per batched forward (the default here) and one head per forward agree, with
-    non-default options travelling with every forward."""
+def test_exact_effects_do_not_depend_on_how_the_forwards_are_run(monkeypatch):
+    """Several heads per batched forward restarted at the ablated layer (the default here), one
+    head per forward, and full forwards from the tokens all agree, with non-default options
+    travelling with every forward."""
     from headzoo import _importance
 
     model = _model()
-    shared = hz.head_importance(model, ["induction", "retrieval"], exact_top=5, n_prompts=3, seed=4)
+    args = (model, ["induction", "retrieval"])
+    shared = hz.head_importance(*args, exact_top=5, n_prompts=3, seed=4)
+    assert all(shared.meta["tasks"][t]["restarted_at_layer"] is True for t in shared.tasks)
     monkeypatch.setattr(_importance, "_TOKEN_BUDGET", 1)
-    alone = hz.head_importance(model, ["induction", "retrieval"], exact_top=5, n_prompts=3, seed=4)
-    a, b = shared.to_frame(), alone.to_frame()
-    assert (a["method"] == b["method"]).all() and (a["method"] == "exact").sum() == 10
-    assert np.allclose(a["effect"], b["effect"], atol=1e-5) and np.allclose(a["attribution"], b["attribution"], atol=1e-6)
+    alone = hz.head_importance(*args, exact_top=5, n_prompts=3, seed=4)
+    monkeypatch.setattr(_importance, "_restarts", lambda *a: False)
+    full = hz.head_importance(*args, exact_top=5, n_prompts=3, seed=4)
+    assert full.meta["tasks"]["induction"]["restarted_at_layer"] is False
+    a = shared.to_frame()
+    assert (a["method"] == "exact").sum() == 10
+    for other in (alone, full):
+        b = other.to_frame()
+        assert (a["method"] == b["method"]).all()
+        assert np.allclose(a["effect"], b["effect"], atol=1e-5) and np.allclose(a["attribution"], b["attribution"], atol=1e-6)
     assert shared.meta["seed"] == 4 and shared.meta["tasks"]["induction"]["n_prompts"] == 3
 
 

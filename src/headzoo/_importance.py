@@ -41,7 +41,7 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from headzoo._errors import DetectorNotApplicableError, InvalidOptionError
-from headzoo._forward import check_finite, hook_name, require_hooks, run
+from headzoo._forward import check_finite, hook_name, require_hooks, run, run_from_layer
 from headzoo._io import Payload, Result, positive_int, strings_as_str
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._results import colour
@@ -193,16 +193,33 @@ def _nothing(act: torch.Tensor) -> None:
     return None
 
 
-def _attribute(model: Any, info: ModelInfo, task: _Task) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """One forward and one backward on the task's prompts.
+@dataclasses.dataclass
+class _Clean:
+    """What the clean forward and backward pass of one task leave behind.
 
-    Returns:
-        ``(baseline loss, means [layer, head, d_head], attribution [layer, head])``: the mean
-        of each head's ``z`` over real positions, and the first-order change of the mean loss
-        when it replaces ``z`` everywhere.
+    Attributes:
+        baseline: the task's mean loss.
+        means: ``[layer, head, d_head]`` each head's mean ``z`` over real positions.
+        scores: ``[layer, head]`` the attribution estimate of each head's effect.
+        logits: ``[n, len(read), vocab]`` the clean logits the loss read.
+        resid: ``{layer: [n, pos, d_model]}`` the residual stream entering each block, where
+            the model has the hook (to restart an ablated run at the ablated layer).
     """
+
+    baseline: float
+    means: torch.Tensor
+    scores: torch.Tensor
+    logits: torch.Tensor
+    resid: dict[int, torch.Tensor]
+
+
+def _attribute(model: Any, info: ModelInfo, task: _Task) -> _Clean:
+    """One forward and one backward pass on the task's prompts: the loss, each head's mean
+    ``z`` over real positions, and the first-order change of the mean loss when that mean
+    replaces ``z`` everywhere (``grad . (mean - z)`` summed over prompts, positions, ``d_head``)."""
     names = [hook_name("z", layer) for layer in range(info.n_layers)]
     leaves: dict[int, torch.Tensor] = {}
+    resid: dict[int, torch.Tensor] = {}
 
     def leaf(layer: int) -> Callable:
         def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -211,11 +228,18 @@ def _attribute(model: Any, info: ModelInfo, task: _Task) -> tuple[float, torch.T
             return leaves[layer]
         return hook
 
+    def keep(layer: int) -> Callable:
+        def hook(x: torch.Tensor) -> None:
+            resid[layer] = x.detach().clone()
+        return hook
+
+    starts = {hook_name("resid_pre", layer): keep(layer) for layer in range(1, info.n_layers)}
+    starts = starts if all(name in model.hook_dict for name in starts) else {}
     tokens = task.tokens.to(info.device)
     read = task.read
     with torch.enable_grad():
-        # the no-op readers make the kernel diagnose a hook that never fires (fused attention)
-        logits = run(model, tokens, read={name: _nothing for name in names},
+        # the no-op readers of hook_z make the kernel diagnose a hook that never fires (fused attention)
+        logits = run(model, tokens, read={**{name: _nothing for name in names}, **starts},
                      edit=[(names[layer], leaf(layer)) for layer in range(info.n_layers)], logits=read)
         assert logits is not None
         loss = _loss(logits, task, read, 1)[0]
@@ -230,18 +254,33 @@ def _attribute(model: Any, info: ModelInfo, task: _Task) -> tuple[float, torch.T
             scores.append(torch.zeros(info.n_heads, dtype=torch.float64))
         else:
             scores.append((grad * (mean - z) * mask).sum((0, 1, 3)).double().cpu())
-    return float(loss.detach()), torch.stack(means), torch.stack(scores)
+    return _Clean(float(loss.detach()), torch.stack(means), torch.stack(scores), logits.detach(), resid)
 
 
-def _exact(model: Any, info: ModelInfo, task: _Task, means: torch.Tensor, heads: list[tuple[int, int]],
-           baseline: float, bar: Any) -> dict[tuple[int, int], float]:
-    """The exact effect of mean-ablating each of ``heads`` alone: one copy of the prompts per head,
-    several copies per forward."""
+def _restarts(model: Any, clean: _Clean, read: list[int]) -> bool:
+    """Whether running the blocks from a layer on reproduces the model's own forward on these
+    inputs (checked from the earliest stored layer, as the patching engine does)."""
+    if not clean.resid:
+        return False
+    first = min(clean.resid)
+    with torch.no_grad():
+        again = run_from_layer(model, clean.resid[first], first, logits=read)
+    return again is not None and bool(torch.allclose(again, clean.logits, rtol=1e-4, atol=1e-4))
+
+
+def _exact(model: Any, info: ModelInfo, task: _Task, clean: _Clean, heads: list[tuple[int, int]],
+           bar: Any) -> tuple[dict[tuple[int, int], float], bool]:
+    """The exact effect of mean-ablating each of ``heads`` alone: one copy of the prompts per
+    head, several copies per forward. An ablation at layer ``L`` changes nothing below ``L``,
+    so where the model allows, each forward starts from the clean residual stream entering the
+    lowest ablated layer of its copies. Returns the effects and whether that restart was used."""
     n, seq = task.tokens.shape
     read = task.read
     per_copy = max(n * len(read) * info.d_vocab, 1)
     group = max(1, min(_LOGIT_BUDGET // per_copy, max(1, _TOKEN_BUDGET // (n * seq))))
     tokens = task.tokens.to(info.device)
+    restart = _restarts(model, clean, read)
+    heads = sorted(heads)  # copies of nearby layers share a forward, so a restart skips more
     out: dict[tuple[int, int], float] = {}
     for start in range(0, len(heads), group):
         chunk = heads[start : start + group]
@@ -250,23 +289,26 @@ def _exact(model: Any, info: ModelInfo, task: _Task, means: torch.Tensor, heads:
             by_layer.setdefault(layer, []).append((j, head))
 
         def make(todo: list[tuple[int, int]], layer: int) -> Callable:
-
             def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
                 z = z.clone()
                 for j, head in todo:
-                    z[j * n : (j + 1) * n, :, head] = means[layer, head].to(z.dtype)
+                    z[j * n : (j + 1) * n, :, head] = clean.means[layer, head].to(z.dtype)
                 return z
             return hook
 
+        edit = [(hook_name("z", layer), make(todo, layer)) for layer, todo in by_layer.items()]
+        low = min(by_layer)
         with torch.no_grad():
-            logits = run(model, tokens.repeat(len(chunk), 1),
-                         edit=[(hook_name("z", layer), make(todo, layer)) for layer, todo in by_layer.items()], logits=read)
+            if restart and low in clean.resid:
+                logits = run_from_layer(model, clean.resid[low].repeat(len(chunk), 1, 1), low, edit=edit, logits=read)
+            else:
+                logits = run(model, tokens.repeat(len(chunk), 1), edit=edit, logits=read)
             assert logits is not None
             losses = _loss(logits, task, read, len(chunk)).double().cpu()
         for head, value in zip(chunk, losses.tolist()):
-            out[head] = value - baseline
+            out[head] = value - clean.baseline
         bar.update(len(chunk))
-    return out
+    return out, restart
 
 
 def _check_tasks(tasks: Any) -> list[str]:
@@ -349,13 +391,14 @@ def head_importance(
     start = time.perf_counter()
     with tqdm(total=steps, desc="headzoo importance", unit="pass", disable=not show, leave=False) as bar:
         for task in built:
-            baseline, means, scores = _attribute(model, info, task)
+            clean = _attribute(model, info, task)
+            baseline, scores = clean.baseline, clean.scores
             bar.update(1)
             flat = scores.reshape(-1)
             # largest |estimate| first; ties in (layer, head) order, so the choice is deterministic
             order = sorted(range(total), key=lambda i: (-abs(float(flat[i])), i))
             chosen = [(i // info.n_heads, i % info.n_heads) for i in order[:n_exact]]
-            exact = _exact(model, info, task, means, chosen, baseline, bar) if chosen else {}
+            exact, restarted = _exact(model, info, task, clean, chosen, bar) if chosen else ({}, False)
             for layer in range(info.n_layers):
                 for head in range(info.n_heads):
                     est = float(scores[layer, head])
@@ -366,6 +409,7 @@ def head_importance(
             task_meta[task.name] = {
                 "description": task.description, "metric": task.metric, "baseline": baseline,
                 "n_prompts": int(task.tokens.shape[0]), "positions": int(task.tokens.shape[1]), **task.extra,
+                "restarted_at_layer": restarted,
             }
     meta = {
         "model": info.config_dict(),
