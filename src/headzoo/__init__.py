@@ -12,6 +12,7 @@ from headzoo import (
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._compare import AtlasComparison, compare_atlases
 from headzoo._composition import CompositionScores, composition_scores
 from headzoo._detector import (
     STAGES,
@@ -47,6 +48,7 @@ from headzoo._examples import HeadExamples, head_examples
 from headzoo._function_vectors import function_vector_effects
 from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
+from headzoo._importance import HeadImportance, head_importance
 from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._literature import literature_agreement, published_heads
 from headzoo._masking import MaskingCurve, retrieval_masking
@@ -124,6 +126,10 @@ __all__ = [
     "CompositionScores",
     "head_examples",
     "HeadExamples",
+    "head_importance",
+    "compare_atlases",
+    "AtlasComparison",
+    "HeadImportance",
     "head_graph",
     "HeadGraph",
     "OrdinalTask",
