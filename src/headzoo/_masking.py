@@ -100,8 +100,10 @@ class MaskingCurve(Result):
         return fig
 
     def __repr__(self) -> str:
-        ks = sorted(k for k in self.frame["k"].unique() if k > 0)
-        return f"MaskingCurve(methods {list(dict.fromkeys(self.frame['method']))}, K {ks}, {self.meta['n_random']} random draws)"
+        # plain ints and strs: numpy 2 scalars print as np.int64(1) inside a list
+        ks = sorted(int(k) for k in self.frame["k"].unique() if k > 0)
+        methods = [str(m) for m in dict.fromkeys(self.frame["method"])]
+        return f"MaskingCurve(methods {methods}, K {ks}, {int(self.meta['n_random'])} random draws)"
 
     def _repr_html_(self) -> str:
         """Self-contained HTML (no scripts): what was masked and the accuracy table."""
