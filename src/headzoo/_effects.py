@@ -186,7 +186,7 @@ class HeadEffects(Result):
                                customdata=top["change"],
                                hovertemplate="%{x}<br>effect %{y:.4f}<br>change %{customdata:+.4f}<extra></extra>"))
         fig.add_hline(y=self._meta.get("baseline", 0.0), line_dash="dash", line_color="#888")
-        fig.update_layout(title=html.escape(f"headzoo: top {k} {self._meta.get('kind', '')} patches"), yaxis_title="effect")
+        fig.update_layout(title=html.escape(f"headzoo: top {k} {self._meta.get('kind', '')} patches"), yaxis_title="effect", height=420)
         return fig
 
     def __repr__(self) -> str:
