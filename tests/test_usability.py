@@ -196,3 +196,66 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+
+
+# -- 9: masking decodes with a cache, and says what it will cost ---------------------------------
+def _gpt2_bridge(hf_gpt2):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _, path = hf_gpt2
+    return TransformerBridge.boot_transformers(str(path), device="cpu")
+
+
+@pytest.mark.parametrize("method", ["uniform", "zero"])
+def test_cached_masking_equals_the_full_forward_ablation(hf_gpt2, method) -> None:
+    # The logits of a cached decode (the prompt, then one token per pass) with the running-sum
+    # mask hooks, against the previous implementation: hz.ablation_hooks at the emitting
+    # positions on one full forward, which is what masked decoding recomputed at every step.
+    from headzoo._forward import open_kv_cache, run
+    from headzoo._masking import decode_mask_hooks
+
+    model = _gpt2_bridge(hf_gpt2)
+    heads = [(0, 1), (1, 0), (1, 3)]
+    g = torch.Generator().manual_seed(1)
+    seq = torch.randint(1, 64, (2, 14), generator=g)
+    prompt_len = 9
+    full_hooks = hz.ablation_hooks(model, heads, method, positions=slice(prompt_len - 1, None))
+    with torch.no_grad():
+        full = run(model, seq, edit=full_hooks, logits="all")
+        plain = run(model, seq, logits="all")
+        cache, why = open_kv_cache(model, 2, torch.device("cpu"))
+        assert cache is not None, why
+        hooks = decode_mask_hooks(model, heads, method, prompt_len)
+        got = []
+        for start, stop in [(0, prompt_len)] + [(p, p + 1) for p in range(prompt_len, seq.shape[1])]:
+            ids = seq[:, start:stop]
+            out = run(model, ids, edit=hooks, logits="all", forward=cache.forward(model, ids))
+            assert cache.advance(stop - start)
+            got.append(out[:, -1])
+    want = full[:, prompt_len - 1:]
+    torch.testing.assert_close(torch.stack(got, 1), want, atol=1e-4, rtol=0)
+    # and the mask matters here (a tiny random model has small logits): far more than the gap
+    effect = float((plain[:, prompt_len - 1:] - want).abs().max())
+    assert effect > 100 * float((torch.stack(got, 1) - want).abs().max()) and effect > 1e-4
+
+
+def test_masked_needle_decoding_uses_the_cache_and_decodes_the_same(hf_gpt2) -> None:
+    model = _gpt2_bridge(hf_gpt2)
+    trials = hz.NeedleHaystack(answer_len=3, n_needles=1).build(model)
+    for method in ("uniform", "zero"):
+        cached = hz.decode_needles(model, trials, batch_size=2, mask_heads=[(1, 2), (0, 0)], mask_method=method)
+        full = hz.decode_needles(model, trials, use_kv_cache=False, mask_heads=[(1, 2), (0, 0)], mask_method=method)
+        assert cached.mode == "kv_cache (Hugging Face)" and full.mode.startswith("recompute")
+        assert torch.equal(cached.generated, full.generated)
+
+
+def test_retrieval_masking_says_its_cost_first(demo_model, capsys) -> None:
+    probe = hz.NeedleHaystack(lengths=(30,), depths=(0.5,), n_needles=2)
+    curve = hz.retrieval_masking(demo_model, k=1, n_random=1, methods="zero", probe=probe)
+    err = capsys.readouterr().err
+    cost = err.index("headzoo masking: 2 masked runs x")
+    assert "decode steps" in err and "forward passes" in err
+    assert err.index("the first of 2 runs took") > cost and "s to go" in err
+    assert curve.meta["decoding"]["masked"] == curve.meta["decoding"]["unmasked"]
+    hz.retrieval_masking(demo_model, k=1, n_random=1, methods="zero", probe=probe, progress=False)
+    assert capsys.readouterr().err == ""
