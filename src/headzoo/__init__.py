@@ -5,7 +5,10 @@
 
 from importlib import metadata as _metadata  # noqa: E402
 
-from headzoo import _quiet_import  # noqa: F401  (first: tqdm.auto without its ipywidgets warning)
+# first, before any module imports tqdm.auto: without its ipywidgets warning
+from headzoo import _quiet_import  # noqa: F401
+
+# isort: split
 
 from headzoo import (
     _probe_sequences,  # noqa: F401  (registers the random, long and n-gram probes)

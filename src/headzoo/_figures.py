@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Figure", "as_figure", "returns_figure"]
+__all__ = ["as_figure", "returns_figure"]  # and Figure, built on first use (module __getattr__)
 
 #: Given to every view: size to the container, no plotly-cloud link in the mode bar.
 CONFIG = {"responsive": True, "displaylogo": False}
@@ -114,7 +114,7 @@ def _figure_class() -> type:
             def _ipython_display_(self) -> None:
                 # plotly 5's own _ipython_display_ would win over _repr_mimebundle_ and send
                 # only what plotly.io.renderers says: publish both mimetypes instead.
-                from IPython.display import display
+                from IPython.display import display  # pyright: ignore[reportMissingImports]  (only in a kernel)
 
                 display(self._repr_mimebundle_(), raw=True)
 
