@@ -65,6 +65,10 @@ def test_tour_runs_and_figure_has_both_mimetypes(executed: tuple[object, str]) -
     nb, _ = executed
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
+    # `import headzoo` in a kernel (here without ipywidgets) prints no tqdm IProgress warning
+    stderr = [o["text"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "stream" and o.get("name") == "stderr"]
+    assert not any("Warning" in t for t in stderr), stderr
     figures = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                if o.output_type in ("display_data", "execute_result") and PLOTLY_JSON in o.get("data", {})]
     assert len(figures) == 1
