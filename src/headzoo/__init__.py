@@ -5,6 +5,11 @@
 
 from importlib import metadata as _metadata  # noqa: E402
 
+# first, before any module imports tqdm.auto: without its ipywidgets warning
+from headzoo import _quiet_import  # noqa: F401
+
+# isort: split
+
 from headzoo import (
     _probe_sequences,  # noqa: F401  (registers the random, long and n-gram probes)
     patching,  # noqa: E402  (the hz.patching namespace)
@@ -71,6 +76,7 @@ from headzoo._succession import (
     succession_prompts,
     successor_on_text,
 )
+from headzoo._tokens import UnknownTokenWarning
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
 from headzoo._zoo import list_models, load_model
@@ -81,6 +87,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "UnknownTokenWarning",
     "STAGES",
     "Detector",
     "PatternDetector",
