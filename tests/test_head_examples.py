@@ -142,7 +142,8 @@ def test_corpus_forms_agree(planted, tmp_path):
     one_file.write_text(docs[0])
     single = hz.head_examples(planted, one_file, heads=[(0, 1)], k=3)
     assert single.meta["corpus"]["n_docs"] == 1 and set(single.to_frame()["doc"]) == {0}
-    shipped = hz.head_examples(planted, None, heads=[(0, 1)], k=2, max_tokens=100)
+    with pytest.warns(hz.UnknownTokenWarning):  # English prose, read by a word tokenizer of tok0...
+        shipped = hz.head_examples(planted, None, heads=[(0, 1)], k=2, max_tokens=100)
     assert shipped.meta["corpus"]["source"] == "shipped" and shipped.meta["corpus"]["n_tokens"] == 100
 
 
@@ -352,3 +353,23 @@ def test_progress_bar_and_shared_corpus_reading(planted, capsys, tmp_path):
     (tmp_path / "b.txt").write_text("f3 7 f4 8 f6")
     text = hz.successor_on_text(model, (1, 1), tmp_path, k=3)
     assert text.meta["corpus"]["n_docs"] == 2 and text.meta["corpus"]["source"] == str(tmp_path)
+
+
+def test_default_corpus_follows_the_model():
+    """corpus=None: a model with the zoo's curriculum tokenizer reads held-out curriculum text (it
+    knows no English: the shipped prose is mostly <unk> to it); other models read the shipped text."""
+    zoo = hz.load_model()
+    got = hz.head_examples(zoo, heads=[(3, 3)], k=2, deciles=False, max_tokens=2000)
+    corpus = got.meta["corpus"]
+    assert corpus["source"] == "curriculum" and corpus["unknown_share"] == 0.0 and corpus["n_tokens"] == 2000
+    again = hz.head_examples(zoo, heads=[(3, 3)], k=2, deciles=False, max_tokens=2000)
+    pd.testing.assert_frame_equal(got.to_frame(), again.to_frame())  # seeded: the same text every time
+    with pytest.warns(hz.UnknownTokenWarning, match="the corpus"):  # the shipped prose, asked for by name
+        shipped = hz.head_examples(zoo, "shipped", heads=[(3, 3)], k=2, deciles=False, max_tokens=2000)
+    assert shipped.meta["corpus"]["source"] == "shipped" and shipped.meta["corpus"]["unknown_share"] > 0.5
+
+
+def test_unknown_words_in_a_corpus_warn(planted):
+    docs = word_docs(7, n_docs=2)
+    with pytest.warns(hz.UnknownTokenWarning, match="qwertyuiop"):
+        hz.head_examples(planted, [docs[0] + " qwertyuiop", docs[1]], heads=[(0, 1)], k=2)

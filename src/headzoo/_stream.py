@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 
 from headzoo._errors import InvalidOptionError
+from headzoo._tokens import warn_unknown_tokens
 from headzoo._vocab import corpus_ids, corpus_text, encode_corpus, text_digest, unknown_share
 
 __all__ = ["Window", "read_corpus", "truncate", "windows", "block", "rank_key", "heads_of_z"]
@@ -62,6 +63,29 @@ def _load_saved_dataset(path: Path, who: str) -> Any:
 
 
 HUB_PREFIX = "hf:"
+#: seeds the curriculum documents a curriculum-trained model reads by default; the zoo trains on
+#: small seeds, so these documents are held out of its training stream
+CURRICULUM_SEED = 1_000_003
+CURRICULUM_DOCS = 64
+
+
+def _curriculum_documents(tokenizer: Any) -> list[str] | None:
+    """Held-out documents of headzoo's synthetic curriculum when ``tokenizer`` is the word
+    tokenizer the bundled zoo models were trained with (it holds every curriculum word as a
+    token); ``None`` otherwise. English prose is mostly unknown words to such a model, so its
+    default corpus is text from the distribution it was trained on."""
+    from headzoo._curriculum import VOCABULARY, Curriculum
+
+    vocab = tokenizer.get_vocab() if callable(getattr(tokenizer, "get_vocab", None)) else None
+    if not isinstance(vocab, dict) or not all(w in vocab for w in VOCABULARY):
+        return None
+    curriculum = Curriculum(n_ctx=128, seed=CURRICULUM_SEED)
+    rng = np.random.default_rng(CURRICULUM_SEED)
+    docs = []
+    for _ in range(CURRICULUM_DOCS):
+        ids, _tasks = curriculum.sequence(rng)
+        docs.append(" ".join(VOCABULARY[i - curriculum.first_id] for i in ids if i >= curriculum.first_id))
+    return docs
 
 
 def _hub_dataset(spec: str, who: str) -> Any:
@@ -119,7 +143,10 @@ def read_corpus(
 ) -> tuple[list[list[int]], dict[str, Any]]:
     """The corpus as token ids, one list per document, and how it was read.
 
-    ``corpus``: ``None`` or ``"shipped"`` (the text shipped with headzoo, one document); the path
+    ``corpus``: ``None`` (the model's default text: for a model with the word tokenizer of
+    headzoo's synthetic curriculum, :data:`CURRICULUM_DOCS` held-out curriculum documents, the
+    distribution the bundled zoo models were trained on; otherwise the text shipped with
+    headzoo), ``"shipped"`` (the text shipped with headzoo, one document); the path
     of a UTF-8 text file (one document); of a folder (each ``*.txt`` in it, sorted by name, one
     document each; a folder holding ``dataset_info.json`` is a dataset saved with
     ``save_to_disk``, read with ``datasets.load_from_disk``); ``"hf:NAME[:CONFIG][@SPLIT]"``, a
@@ -144,6 +171,8 @@ def read_corpus(
     texts: Iterable[str]
     if isinstance(corpus, str) and corpus.startswith(HUB_PREFIX):
         texts, source = _dataset_texts(_hub_dataset(corpus, who), who), corpus
+    elif corpus is None and (curriculum := _curriculum_documents(tokenizer)) is not None:
+        texts, source = curriculum, "curriculum"
     elif corpus is None or isinstance(corpus, (str, os.PathLike)):
         path = None if corpus is None or corpus == "shipped" else Path(corpus).expanduser()
         if path is not None and path.is_dir():
@@ -161,6 +190,8 @@ def read_corpus(
             docs = [ids[:limit] if limit is not None else ids]
             complete = limit is None or len(ids) <= limit
             source = "shipped" if path is None else str(corpus)
+            if unknown:
+                warn_unknown_tokens(tokenizer, [corpus_text(path, what="corpus")], [torch.tensor(ids)], f"{who}: the corpus")
             return _checked(docs, who, min_tokens), {
                 "source": source, "digest": digest, "unknown_share": float(unknown), "n_docs": 1, "complete": complete}
     elif isinstance(corpus, (list, tuple)):
@@ -188,6 +219,7 @@ def read_corpus(
         read.append(text)
         held += len(docs[-1])
     flat = [i for d in docs for i in d]
+    warn_unknown_tokens(tokenizer, read, [torch.tensor(d, dtype=torch.long) for d in docs], f"{who}: the corpus")
     meta = {"source": source, "digest": text_digest("\x00".join(read)), "unknown_share": float(unknown_share(tokenizer, flat)),
             "n_docs": len(docs), "complete": complete}
     return _checked(docs, who, min_tokens), meta
