@@ -31,7 +31,7 @@ def demo_atlas(demo):
 
 def test_atlas_files_and_metadata(demo_atlas, tmp_path):
     out = demo_atlas.write(tmp_path / "atlas")
-    assert sorted(p.name for p in out.iterdir()) == ["assets", "index.html", "meta.json", "scores.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["assets", "examples.parquet", "index.html", "meta.json", "scores.parquet"]
     assert sorted(p.name for p in (out / "assets").iterdir()) == ["circuitsvis.js", "plotly.min.js"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"]["name"] == "planted-demo" and len(meta["model_config_hash"]) == 16
