@@ -39,6 +39,7 @@ from headzoo._errors import (
     HeadzooError,
     InvalidOptionError,
     InvalidTokensError,
+    MissingHooksError,
     NonFiniteError,
     UnsupportedModelError,
 )
@@ -76,7 +77,8 @@ def json_for_script(value: Any) -> str:
             the message says where.
     """
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        # no spaces after separators: a 12 x 12 atlas with examples is ~10% smaller
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError:
         found = _first_non_finite(value)
         if found is None:
@@ -983,6 +985,7 @@ def build_atlas(
     corpus: Any = None,
     examples: bool = True,
     examples_k: int = 5,
+    importance: bool = True,
     literature: bool = True,
     **options: Any,
 ) -> HeadAtlas:
@@ -1006,6 +1009,10 @@ def build_atlas(
             Without a tokenizer and with ``corpus=None`` they are skipped, and
             ``meta["skipped"]["examples"]`` says why.
         examples_k: top contexts kept per head and activation.
+        importance: measure each head's effect on the task battery headzoo builds for the
+            model's tokenizer (:func:`hz.head_importance`: mean ablation, exact for the top
+            heads of each task, attribution patching's estimate for the rest). When no task
+            applies, ``meta["skipped"]["importance"]`` says why.
         literature: when the model's name is catalogued (:func:`hz.published_heads`), say on
             each card what the papers called the head and set their labels beside headzoo's.
         **options: passed to :func:`hz.detect` (probe and detector options).
@@ -1017,14 +1024,30 @@ def build_atlas(
         NonFiniteError: a score, attention pattern, OV logit or option is NaN or infinite (the
             message names the detector or head and the field).
         InvalidOptionError: a bad ``corpus`` (unreadable, empty, wrong type) or ``examples_k``,
-            or ``examples`` / ``literature`` not a bool.
+            or ``examples`` / ``importance`` / ``literature`` not a bool.
         UnsupportedTokenizerError: a ``corpus`` was given but the model has no tokenizer.
     """
     examples = check_bool(examples, "examples")
+    importance = check_bool(importance, "importance")
     literature = check_bool(literature, "literature")
     examples_k = positive_int("examples_k", examples_k)
     info = model_info(model)
     selected = select_detectors(detectors, dict(options, seed=seed))
+    # The corpus is read first: a path that cannot be read fails in seconds, not after every detector.
+    parts_skipped: dict[str, str] = {}
+    corpus_examples = None
+    if not examples:
+        parts_skipped["examples"] = "not asked for (examples=False; on the command line --no-examples)"
+    elif corpus is None and getattr(model, "tokenizer", None) is None:
+        parts_skipped["examples"] = ("the model has no tokenizer to read text with; load it with its tokenizer "
+                                     "to see each head's contexts on text")
+    else:  # a corpus the user gave that cannot be read raises its own typed error
+        try:
+            corpus_examples = head_examples(model, corpus, k=examples_k, seed=seed, progress=progress)
+        except MissingHooksError as exc:  # a model without hook_z: the rest of the atlas still stands
+            if corpus is not None:
+                raise
+            parts_skipped["examples"] = str(exc)
     explicit = detectors is not None
     cache = Path(cache_dir) if cache_dir is not None else None
     parts: list[HeadScores] = []
@@ -1075,15 +1098,17 @@ def build_atlas(
     composition, composition_meta = _composition_summary(model, seed)
     labels = scores.labels()
     successor_cards, mod10 = _successor_cards(scores)
-    parts_skipped: dict[str, str] = {}
-    corpus_examples = None
-    if not examples:
-        parts_skipped["examples"] = "not asked for (examples=False; on the command line --no-examples)"
-    elif corpus is None and getattr(model, "tokenizer", None) is None:
-        parts_skipped["examples"] = ("the model has no tokenizer to read text with; load it with its tokenizer "
-                                     "to see each head's contexts on text")
-    else:  # a corpus the user gave that cannot be read raises its own typed error
-        corpus_examples = head_examples(model, corpus, k=examples_k, seed=seed, progress=progress)
+    effects: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    importance_info = None
+    if not importance:
+        parts_skipped["importance"] = "not asked for (importance=False; on the command line --no-importance)"
+    else:
+        from headzoo._importance import head_importance
+
+        try:
+            effects, importance_info = _importance_summary(head_importance(model, seed=seed, progress=progress))
+        except DetectorNotApplicableError as exc:  # no task of the battery applies to this model
+            parts_skipped["importance"] = str(exc)
     papers: dict[tuple[int, int], list[dict[str, Any]]] = {}
     agreement = None
     if literature:
@@ -1102,7 +1127,7 @@ def build_atlas(
                 **ov.get((layer, head), {"promotes": [], "suppresses": []}),
                 **composition.get((layer, head), {"reads_from": [], "writes_to": []}),
                 **({"successor": successor_cards[(layer, head)]} if (layer, head) in successor_cards else {}),
-                "importance": {},
+                "importance": effects.get((layer, head), {}),
                 "literature": papers.get((layer, head), []),
             })
     meta = {
@@ -1119,6 +1144,7 @@ def build_atlas(
         "composition": composition_meta,
         **({"mod10": mod10} if mod10 else {}),
         "descriptions": {d.name: str(d.description) for d in selected if d.name in scores.detectors},
+        **({"importance": importance_info} if importance_info is not None else {}),
         **({"agreement": agreement} if agreement is not None else {}),
         "skipped": parts_skipped,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -1132,6 +1158,48 @@ def build_atlas(
     _meta_json(atlas.meta)
     atlas._payload()
     return atlas
+
+
+_METHODS = ("exact", "attribution")
+
+
+def _importance_summary(imp: Any) -> tuple[dict[tuple[int, int], dict[str, dict[str, Any]]], dict[str, Any]]:
+    """What the atlas keeps of a :class:`hz.HeadImportance`: per head, task -> ``{effect,
+    method}``, and the page's description of the measurement (tasks with their clean
+    baselines, the ablation, how many heads per task were ablated exactly, the tasks skipped).
+
+    Raises:
+        NonFiniteError: an effect or a baseline is NaN or infinite (names the head and task).
+        InvalidOptionError: a row's method is neither ``"exact"`` nor ``"attribution"``, or a
+            row's task is not among ``imp.meta["tasks"]`` (the result is malformed).
+    """
+    frame = imp.to_frame()
+    meta = imp.meta
+    tasks = meta["tasks"]
+    effects: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for task, layer, head, effect, method in zip(frame["task"], frame["layer"], frame["head"], frame["effect"],
+                                                 frame["method"], strict=True):
+        if method not in _METHODS:
+            raise InvalidOptionError(f"head_importance gave method {method!r} for head L{layer}H{head} on task "
+                                     f"{task!r}; the atlas knows {list(_METHODS)}")
+        if task not in tasks:
+            raise InvalidOptionError(f"head_importance gave a row for task {task!r}, which its meta['tasks'] "
+                                     f"({sorted(tasks)}) does not describe")
+        effects.setdefault((int(layer), int(head)), {})[str(task)] = {
+            "effect": _finite(effect, f"the {task!r} importance of head L{layer}H{head}"), "method": str(method)}
+    exact_top = int(meta["exact_top"])
+    info = {
+        "tasks": [{"name": str(name), "description": str(t["description"]), "metric": str(t["metric"]),
+                   "baseline": _finite(t["baseline"], f"the clean baseline of importance task {name!r}")}
+                  for name, t in tasks.items()],
+        "ablation": str(meta["ablation"]),
+        "exact_top": exact_top,
+        "note": (f"effect: the rise of the task's loss when the head is {meta['ablation']}-ablated; measured "
+                 f"exactly for the {exact_top} heads per task that attribution patching ranks highest, attribution "
+                 "patching's estimate for the rest"),
+        "skipped": {str(k): str(v) for k, v in meta.get("skipped", {}).items()},
+    }
+    return effects, info
 
 
 _AGREEMENT_NOTE = ("Published labels are for the pretrained weights; a model with other weights under the same "
