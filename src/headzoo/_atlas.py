@@ -10,6 +10,12 @@ into ``assets/`` once), ``scores.parquet`` and ``meta.json``, each atomically.
 The page is package data (``headzoo/_data/atlas/``: ``index.html``, ``atlas.css``, ``atlas.js``):
 the CSS and JavaScript are inlined into the template and the data goes in as the JSON of one
 typed :class:`AtlasPayload`, escaped by :func:`json_for_script` (the only JSON-in-HTML escaper).
+
+Each card also explains its head with evidence from outside the probes: the contexts of a corpus
+where it is most active (:func:`hz.head_examples`, after Anthropic's HeadVis; the full table is
+written as ``examples.parquet``), the loss increase when it is ablated on a battery of tasks
+(:func:`hz.head_importance`), and what the papers called it (:func:`hz.published_heads`), with
+the page's table of published labels against headzoo's (:func:`hz.literature_agreement`).
 """
 
 from __future__ import annotations
