@@ -456,14 +456,12 @@ def _sig(value: float, what: str) -> float:
     return float(f"{_finite(value, what):.4g}")
 
 
-def _page_examples(examples: Any, deciles: bool = True) -> dict[tuple[int, int], tuple[PageHeadExample, ...]]:
+def _page_examples(examples: HeadExamples) -> dict[tuple[int, int], tuple[PageHeadExample, ...]]:
     """Every head's examples for its card, in :class:`hz.HeadExamples` order (per activation:
     top first, then the deciles), with the context cut to its last ``_PAGE_CONTEXT`` tokens and
-    values to 4 significant digits so a 12 x 12 page stays small; ``examples.parquet`` keeps
-    everything. ``deciles=False`` leaves the decile sample off the page."""
+    values to 4 significant digits, so that a GPT-2-small-shaped page (12 x 12 heads, every
+    detector, k=5 and all deciles) is about 1.5 MB; ``examples.parquet`` keeps everything."""
     frame = examples.to_frame()
-    if not deciles:
-        frame = frame[frame["kind"] == "top"]
     out: dict[tuple[int, int], list[PageHeadExample]] = {}
     for layer, head, act, kind, rank, decile, value, context, attended, token in zip(
         frame["layer"], frame["head"], frame["activation"], frame["kind"], frame["rank"], frame["decile"],
@@ -1218,7 +1216,10 @@ def _literature(scores: HeadScores, info: ModelInfo) -> tuple[dict[tuple[int, in
     """What the papers called each head of a catalogued model (:func:`hz.published_heads`) and
     the agreement table (:func:`hz.literature_agreement`); ``({}, None, why)`` when the model is
     not catalogued or its shape cannot be the catalogued model's."""
-    rows = published_heads(info.name)
+    try:
+        rows = published_heads(info.name)
+    except InvalidOptionError as exc:  # a name that cannot be matched ("/"): no catalogue entry
+        return {}, None, str(exc)
     if rows.empty:
         return {}, None, f"the literature catalogue has no head of a model named {info.name!r}"
     try:
