@@ -1111,7 +1111,7 @@ def build_atlas(
 
         try:
             effects, importance_info = _importance_summary(head_importance(model, seed=seed, progress=progress))
-        except DetectorNotApplicableError as exc:  # no task of the battery applies to this model
+        except (DetectorNotApplicableError, MissingHooksError) as exc:  # no task applies, or no hook_z to ablate
             parts_skipped["importance"] = str(exc)
     papers: dict[tuple[int, int], list[dict[str, Any]]] = {}
     agreement = None
