@@ -166,6 +166,45 @@ def test_saved_dataset_corpus(planted, tmp_path):
         hz.head_examples(planted, datasets.DatasetDict({"train": data}), heads=[(0, 1)])
 
 
+def test_hub_dataset_by_name(planted, tmp_path, monkeypatch):
+    """``hf:NAME`` goes through ``datasets.load_dataset`` (streamed). Offline, NAME is a local folder
+    of data files, which load_dataset reads with no network; a name the hub cannot serve is a typed
+    error that says to save the dataset to disk."""
+    datasets = pytest.importorskip("datasets")
+    import json
+
+    docs = word_docs(5, n_docs=4)
+    base = hz.head_examples(planted, docs, heads=[(0, 1)], k=3).to_frame()
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    (folder / "validation.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n")
+    calls = []
+    real = datasets.load_dataset
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    got = hz.head_examples(planted, f"hf:{folder}", heads=[(0, 1)], k=3)
+    pd.testing.assert_frame_equal(got.to_frame(), base)
+    assert got.meta["corpus"]["source"] == f"hf:{folder}" and got.meta["corpus"]["n_docs"] == 4
+    assert calls[-1] == ((str(folder), None), {"split": "train", "streaming": True})
+    one = hz.head_examples(planted, f"hf:{folder}@validation", heads=[(0, 1)], k=3)
+    assert one.meta["corpus"]["n_docs"] == 1 and calls[-1][1]["split"] == "validation"
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(hz.InvalidOptionError, match="save_to_disk") as err:
+        hz.head_examples(planted, "hf:someone/corpus:cfg@test", heads=[(0, 1)])
+    assert "'someone/corpus'" in str(err.value) and "'cfg'" in str(err.value) and "'test'" in str(err.value)
+    with pytest.raises(hz.InvalidOptionError, match="names no dataset"):
+        hz.head_examples(planted, "hf:", heads=[(0, 1)])
+
+
 def test_saved_dataset_without_datasets_says_how_to_install(planted, tmp_path, monkeypatch):
     import sys
 

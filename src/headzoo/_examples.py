@@ -122,9 +122,11 @@ def head_examples(
         model: a TransformerLens model with its tokenizer.
         corpus: ``None`` (the text shipped with headzoo), the path of a UTF-8 text file, of a
             folder (every ``*.txt`` in it, sorted by name, one document each) or of a dataset
-            saved with ``datasets``' ``save_to_disk``, a list of strings (one document each), or
-            a ``datasets.Dataset`` with a ``"text"`` column (one document per row). Windows
-            never cross documents.
+            saved with ``datasets``' ``save_to_disk``, ``"hf:NAME[:CONFIG][@SPLIT]"`` (a Hugging
+            Face dataset, streamed where the hub is reachable; ``NAME`` may be a local folder of
+            data files), a list of strings (one document each), or a ``datasets.Dataset`` /
+            ``IterableDataset`` with a ``"text"`` column (one document per row). Windows never
+            cross documents.
         heads: ``(layer, head)`` pairs, or ``None`` for every head.
         k: top contexts kept per head and activation.
         deciles: also keep the decile sample.

@@ -161,7 +161,7 @@ def run(
             fused attention kernel or a missing hook, never skipped silently.
         edit: TransformerLens ``(hook name, fn(activation, hook))`` hooks that may return a
             replacement.
-        stop_after: a hook name; the pass stops right after its readers ran (no logits).
+        stop_after: a hook name; the pass stops once it and every reader have fired (no logits).
         logits: ``"all"`` (the model's own output, ``[batch, pos, vocab]``), ``None`` (stop at
             the unembedding's input: no logits, returns ``None``), ``"last"`` or a list of
             positions (``[batch, n, vocab]``), or a ``[batch]`` tensor of one position per row
@@ -183,7 +183,10 @@ def run(
             fired.add(name)
             if fn is not None:
                 fn(output)
-            if name == stop_after:
+            # Stop once stop_after and every reader have fired: a TransformerLens 3.x bridge fires
+            # an attention block's hook_pattern after its hook_z, so "right after stop_after"
+            # alone could end the pass before a reader of the same block.
+            if stop_after in fired and fired.issuperset(read):
                 raise _Stop
 
         return hook

@@ -61,9 +61,43 @@ def _load_saved_dataset(path: Path, who: str) -> Any:
         raise InvalidOptionError(f"{who}: cannot load the saved dataset at {str(path)!r} ({exc})") from None
 
 
+HUB_PREFIX = "hf:"
+
+
+def _hub_dataset(spec: str, who: str) -> Any:
+    """``"hf:NAME[:CONFIG][@SPLIT]"`` loaded with ``datasets.load_dataset(NAME, CONFIG,
+    split=SPLIT, streaming=True)`` (split ``train`` by default): streamed, so only the rows read
+    are downloaded. ``NAME`` is a hub name or a local folder of data files (read offline)."""
+    body = spec[len(HUB_PREFIX):]
+    body, _, split = body.partition("@")
+    name, _, config = body.partition(":")
+    if not name:
+        raise InvalidOptionError(
+            f"{who}: {spec!r} names no dataset; write 'hf:NAME', 'hf:NAME:CONFIG' or 'hf:NAME@SPLIT' "
+            "(e.g. 'hf:wikitext:wikitext-2-raw-v1@validation')"
+        )
+    try:
+        import datasets
+    except ImportError:
+        raise InvalidOptionError(f"{who}: {spec!r} is a Hugging Face dataset, and reading it needs the `datasets` "
+                                 "package: pip install datasets") from None
+    try:
+        return datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
+    except Exception as exc:  # no network, an unknown name or split: datasets raises many types
+        raise InvalidOptionError(
+            f"{who}: cannot load the Hugging Face dataset {name!r} (config {config or None!r}, split "
+            f"{split or 'train'!r}): {type(exc).__name__}: {exc}. Without a route to the hub, save the dataset "
+            "with save_to_disk on a machine that has one and pass that folder as the corpus"
+        ) from None
+
+
 def _dataset_texts(data: Any, who: str) -> Iterator[str]:
-    """The ``"text"`` column of a ``datasets.Dataset``, row by row (nothing else is loaded)."""
+    """The ``"text"`` column of a ``datasets.Dataset`` or ``IterableDataset``, row by row
+    (nothing else is loaded)."""
     names = getattr(data, "column_names", None)
+    if names is None and type(data).__name__ == "IterableDataset":  # streamed without declared features
+        first = next(iter(data), None)
+        names = sorted(first) if isinstance(first, dict) else []
     if isinstance(names, dict):  # a DatasetDict: one split must be chosen
         raise InvalidOptionError(
             f"{who}: the corpus is a DatasetDict with splits {sorted(names)}; pass one split, e.g. corpus=data['train']"
@@ -88,8 +122,10 @@ def read_corpus(
     ``corpus``: ``None`` or ``"shipped"`` (the text shipped with headzoo, one document); the path
     of a UTF-8 text file (one document); of a folder (each ``*.txt`` in it, sorted by name, one
     document each; a folder holding ``dataset_info.json`` is a dataset saved with
-    ``save_to_disk``, read with ``datasets.load_from_disk``); a list of strings (one document
-    each); or a ``datasets.Dataset`` (its ``"text"`` column, one document per row). Text is
+    ``save_to_disk``, read with ``datasets.load_from_disk``); ``"hf:NAME[:CONFIG][@SPLIT]"``, a
+    Hugging Face dataset streamed with ``datasets.load_dataset`` (where the hub is reachable,
+    or ``NAME`` a local folder of data files); a list of strings (one document each); or a
+    ``datasets.Dataset`` / ``IterableDataset`` (its ``"text"`` column, one document per row). Text is
     tokenised by :func:`headzoo._vocab.encode_corpus` (paragraph by paragraph, no special tokens).
 
     With ``limit``, documents stop being read once ``limit`` ids are held, so a large dataset
@@ -101,11 +137,14 @@ def read_corpus(
 
     Raises:
         InvalidOptionError: an unreadable or empty corpus, a wrong type, a dataset without a
-            ``"text"`` column, ``datasets`` missing for a saved dataset, or no document of at
+            ``"text"`` column, ``datasets`` missing for a saved or hub dataset, a hub dataset that cannot
+            be loaded (no network, unknown name or split), or no document of at
             least ``min_tokens`` ids.
     """
     texts: Iterable[str]
-    if corpus is None or isinstance(corpus, (str, os.PathLike)):
+    if isinstance(corpus, str) and corpus.startswith(HUB_PREFIX):
+        texts, source = _dataset_texts(_hub_dataset(corpus, who), who), corpus
+    elif corpus is None or isinstance(corpus, (str, os.PathLike)):
         path = None if corpus is None or corpus == "shipped" else Path(corpus).expanduser()
         if path is not None and path.is_dir():
             if (path / "dataset_info.json").is_file():
@@ -138,7 +177,7 @@ def read_corpus(
     else:
         raise InvalidOptionError(
             "corpus must be None (the shipped text), the path of a text file, a folder of *.txt files or of a "
-            f"saved dataset, a list of strings, or a datasets.Dataset; got {type(corpus).__name__}"
+            f"saved dataset, 'hf:NAME' (a Hugging Face dataset), a list of strings, or a datasets.Dataset; got {type(corpus).__name__}"
         )
     docs, read, held, complete = [], [], 0, True
     for text in texts:
