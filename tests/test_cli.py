@@ -196,6 +196,9 @@ def test_atlas_corpus_and_switches_are_passed_through(capsys, tmp_path, monkeypa
     assert calls[-1]["corpus"] == str(corpus) and calls[-1]["examples"] is True and calls[-1]["importance"] is True
     assert main(["atlas", "--out", str(tmp_path / "b"), "--no-examples", "--no-importance"]) == 0
     assert calls[-1]["corpus"] is None and calls[-1]["examples"] is False and calls[-1]["importance"] is False
+    # a Hugging Face dataset by name is no path: it goes through for head_examples to load
+    assert main(["atlas", "--out", str(tmp_path / "c"), "--corpus", "hf:wikitext:wikitext-2-raw-v1@validation"]) == 0
+    assert calls[-1]["corpus"] == "hf:wikitext:wikitext-2-raw-v1@validation"
     assert "wrote" in capsys.readouterr().out
 
 

@@ -483,6 +483,8 @@ def _page_examples(examples: HeadExamples) -> dict[tuple[int, int], tuple[PageHe
 
 def _corpus_words(source: str) -> str:
     """How the page names a corpus (``HeadExamples.meta["corpus"]["source"]``)."""
+    if source.startswith("hf:"):
+        return f"the Hugging Face dataset {source[3:]}"
     return {"shipped": "headzoo's shipped text", "strings": "a list of strings given in Python",
             "dataset": "a datasets.Dataset given in Python"}.get(source, source)
 

@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--dtype", default=None, help="floating-point dtype, e.g. float32 (default), float16 or bfloat16")
     a.add_argument("--seed", type=_non_negative, default=0, help="probe and sample seed")
     a.add_argument("--corpus", default=None, metavar="PATH",
-                   help="text for each head's top contexts: a UTF-8 text file, a folder of *.txt files, or a dataset "
-                        "saved with datasets' save_to_disk (default: the text shipped with headzoo)")
+                   help="text for each head's top contexts: a UTF-8 text file, a folder of *.txt files, a dataset "
+                        "saved with datasets' save_to_disk, or hf:NAME[:CONFIG][@SPLIT] (a Hugging Face dataset, "
+                        "where the hub is reachable); default: the text shipped with headzoo")
     a.add_argument("--no-examples", action="store_true", help="skip each head's contexts on text")
     a.add_argument("--no-importance", action="store_true", help="skip each head's ablation effect on the task battery")
     d = sub.add_parser("detect", help="score every head of a model and print the top heads per detector")
@@ -157,7 +158,10 @@ def _atlas(hz: Any, args: argparse.Namespace) -> int:
     if args.corpus is not None:
         if args.no_examples:
             raise UsageError("--corpus is read only for the examples; drop --no-examples or --corpus.")
-        if not Path(args.corpus).expanduser().exists():  # before minutes of loading and scoring
+        from headzoo._stream import HUB_PREFIX
+
+        # a path that is not there fails before minutes of loading and scoring
+        if not args.corpus.startswith(HUB_PREFIX) and not Path(args.corpus).expanduser().exists():
             raise UsageError(f"--corpus {args.corpus}: no such file or folder. Give a UTF-8 text file, a folder of "
                              "*.txt files or a dataset saved with save_to_disk.")
     partial = out / ".partial"
