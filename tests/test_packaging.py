@@ -51,7 +51,9 @@ def test_builtins_after_a_plain_wheel_install(tmp_path):
     assert {f"headzoo/_builtin_detectors/{n}.py" for n in BUILTINS} <= set(names)
     version = PYPROJECT["project"]["version"]
     info = f"headzoo-{version}.dist-info"
-    assert {"headzoo/py.typed", f"{info}/licenses/LICENSE", "headzoo/_data/literature/heads.csv"} <= set(names)
+    data = {"literature/heads.csv", "atlas/index.html", "atlas/atlas.js", "atlas/atlas.css",
+            "compare/compare.html", "compare/compare.js", "compare/compare.css"}
+    assert {"headzoo/py.typed", f"{info}/licenses/LICENSE", *(f"headzoo/_data/{n}" for n in data)} <= set(names)
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)], check=True)

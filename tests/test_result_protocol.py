@@ -20,7 +20,7 @@ from headzoo.testing import PlantSpec
 
 SPEC = PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=66, n_ctx=64,
                  previous_token=(0, 1), duplicate_token=(1, 2), induction=(2, 0), seed=11)
-KINDS = ["HeadScores", "HeadEffects", "MaskingCurve", "NeedleRun", "NeedleRun-masked", "CompositionScores", "HeadGraph"]
+KINDS = ["HeadScores", "HeadEffects", "MaskingCurve", "NeedleRun", "NeedleRun-masked", "CompositionScores", "HeadGraph", "HeadImportance", "AtlasComparison"]
 # A hostile string: markup, and the checksum's own marker with 64 hex digits, which must not
 # be mistaken for the checksum field when it sits in a saved result.
 HOSTILE = "<script>alert(1)</script>" + _MARK.decode() + "ab" * 32
@@ -62,6 +62,11 @@ def build(kind: str):
         out = hz.composition_scores(model, n_random=8)
     elif kind == "HeadGraph":
         out = hz.head_graph(model, composition=build("CompositionScores"), top_k=4)
+    elif kind == "HeadImportance":
+        out = hz.head_importance(model, ["induction", "retrieval"], exact_top=2, n_prompts=3, progress=False)
+    elif kind == "AtlasComparison":
+        atlas = hz.build_atlas(model, ["induction", "previous_token"], n_prompts=2, progress=False)
+        out = hz.compare_atlases(atlas, atlas)
     _BUILT[kind] = out
     return out
 
@@ -107,7 +112,8 @@ def other_kind(result) -> type:
 
 # -- the protocol ---------------------------------------------------------------------------
 def test_every_result_type_shares_one_save_and_load():
-    for cls in (hz.HeadScores, hz.HeadEffects, hz.MaskingCurve, hz.NeedleRun, hz.CompositionScores, hz.HeadGraph):
+    for cls in (hz.HeadScores, hz.HeadEffects, hz.MaskingCurve, hz.NeedleRun, hz.CompositionScores, hz.HeadGraph,
+                hz.HeadImportance, hz.AtlasComparison):
         assert issubclass(cls, Result) and cls._FORMAT == cls.__name__
         assert cls.save is Result.save and cls.load.__func__ is Result.load.__func__
 
@@ -216,6 +222,13 @@ def hostile(result):
     if isinstance(result, hz.HeadGraph):
         frame = result.to_frame().assign(evidence=HOSTILE)
         return hz.HeadGraph(frame, {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}})
+    if isinstance(result, hz.HeadImportance):
+        meta = {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}}
+        meta["tasks"] = {HOSTILE if k == "induction" else k: v for k, v in meta["tasks"].items()}
+        return hz.HeadImportance(result.frame.assign(task=result.frame["task"].replace("induction", HOSTILE)), meta)
+    if isinstance(result, hz.AtlasComparison):
+        meta = {**result.meta, "a": {**result.meta["a"], "name": HOSTILE}, "b": {**result.meta["b"], "name": HOSTILE}}
+        return hz.AtlasComparison(result.frame.assign(detector=result.frame["detector"].replace("induction", HOSTILE)), meta)
     if isinstance(result, hz.MaskingCurve):
         meta = {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}}
         return hz.MaskingCurve(result.frame.assign(method=HOSTILE), meta)

@@ -5,6 +5,11 @@
 
 from importlib import metadata as _metadata  # noqa: E402
 
+# first, before any module imports tqdm.auto: without its ipywidgets warning
+from headzoo import _quiet_import  # noqa: F401
+
+# isort: split
+
 from headzoo import (
     _probe_sequences,  # noqa: F401  (registers the random, long and n-gram probes)
     patching,  # noqa: E402  (the hz.patching namespace)
@@ -12,6 +17,7 @@ from headzoo import (
 from headzoo._ablation import ablate, ablation_hooks
 from headzoo._atlas import HeadAtlas, build_atlas
 from headzoo._circuits import OVRanks, WeightCircuits, ov_copying_ratio, rank_cutoff
+from headzoo._compare import AtlasComparison, compare_atlases
 from headzoo._composition import CompositionScores, composition_scores
 from headzoo._detector import (
     STAGES,
@@ -47,6 +53,7 @@ from headzoo._examples import HeadExamples, head_examples
 from headzoo._function_vectors import function_vector_effects
 from headzoo._graph import HeadGraph, head_graph
 from headzoo._icl_tasks import ICL_TASKS, ICLTask, icl_tasks
+from headzoo._importance import HeadImportance, head_importance
 from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._literature import literature_agreement, published_heads
 from headzoo._masking import MaskingCurve, retrieval_masking
@@ -69,6 +76,7 @@ from headzoo._succession import (
     succession_prompts,
     successor_on_text,
 )
+from headzoo._tokens import UnknownTokenWarning
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
 from headzoo._zoo import list_models, load_model
@@ -79,6 +87,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "UnknownTokenWarning",
     "STAGES",
     "Detector",
     "PatternDetector",
@@ -124,6 +133,10 @@ __all__ = [
     "CompositionScores",
     "head_examples",
     "HeadExamples",
+    "head_importance",
+    "compare_atlases",
+    "AtlasComparison",
+    "HeadImportance",
     "head_graph",
     "HeadGraph",
     "OrdinalTask",

@@ -1,4 +1,5 @@
-"""Command line: ``headzoo atlas [MODEL] --out DIR [--corpus PATH]``, ``headzoo detect [MODEL]``, ``headzoo list``.
+"""Command line: ``headzoo atlas [MODEL] --out DIR [--corpus PATH]``, ``headzoo detect [MODEL]``, ``headzoo list``,
+``headzoo compare A B --out DIR``.
 
 A user's mistake (a bad argument, an unknown model or detector, a device this machine lacks, an
 output path that is a file or cannot be written) ends with one line ``headzoo: error: ...`` on
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", default=None, help="floating-point dtype, e.g. float32 (default), float16 or bfloat16")
     d.add_argument("--out", default=None, help="also save the scores to this .parquet file")
     d.add_argument("--seed", type=_non_negative, default=0, help="probe seed")
+    c = sub.add_parser("compare", help="compare two atlas folders head by head: comparison.parquet, correlations.csv, compare.html")
+    c.add_argument("a", help="an atlas folder (written by `headzoo atlas --out DIR`)")
+    c.add_argument("b", help="the atlas folder to compare it with")
+    c.add_argument("--out", default="compare", help="output folder (default: ./compare)")
     return p
 
 
@@ -96,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "atlas":
             return _atlas(hz, args)
+        if args.command == "compare":
+            return _compare(hz, args)
         return _detect(hz, args)
     except (hz.HeadzooError, UsageError) as exc:
         return _fail(str(exc))
@@ -183,6 +190,19 @@ def _atlas(hz: Any, args: argparse.Namespace) -> int:
         print(labelled[["layer", "head", "labels"]].to_string(index=False) if len(labelled) else "no head passes a threshold")
     print(f"wrote {out / 'index.html'} ({size / 2**20:.1f} MiB in {out}) in {time.perf_counter() - start:.1f} s; "
           f"open it in a browser (works offline)")
+    return 0
+
+
+def _compare(hz: Any, args: argparse.Namespace) -> int:
+    """Compare two atlas folders and write the comparison to ``--out``."""
+    out = Path(args.out)
+    _check_out_folder(out, args.out)
+    comparison = hz.compare_atlases(args.a, args.b)
+    comparison.write(out)
+    print(f"{comparison!r}")
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(comparison.correlations().to_string(index=False))
+    print(f"wrote {out / 'compare.html'}, {out / 'comparison.parquet'} and {out / 'correlations.csv'}")
     return 0
 
 

@@ -25,7 +25,10 @@ from headzoo._tokens import pad_right
 
 __all__ = ["Decoded", "greedy_decode"]
 
-#: ``prompt_len -> TransformerLens edit hooks`` for one batch of equal-length prompts
+#: ``prompt_len -> TransformerLens edit hooks`` for one decode of a batch of equal-length
+#: prompts. The hooks see the positions in order and may keep state (a running sum): with a
+#: key-value cache one call serves the prompt's pass and every one-token pass after it; when
+#: decoding by full forwards, each pass gets a fresh call.
 EditFactory = Callable[[int], list[tuple[str, Callable[..., Any]]]]
 
 
@@ -95,8 +98,10 @@ def greedy_decode(
         prompts: 1-D id tensors; prompts of different lengths are batched (right-padded, exact
             under causal attention) when decoding by full forwards, and grouped by length when a
             key-value cache or ``edit`` hooks need equal lengths.
-        edit: ``prompt_len -> hooks`` applied at every forward of a batch (e.g. head masking);
-            edited runs recompute every step (the cache would hold unedited values).
+        edit: ``prompt_len -> hooks`` applied to every forward of a batch (e.g. head masking),
+            see :data:`EditFactory`. Edited runs use the cache too: the cache then holds the
+            edited keys and values, exactly what a full forward with the same edits computes
+            (checked once against one).
 
     Returns:
         :class:`Decoded`.
@@ -105,9 +110,7 @@ def greedy_decode(
     n = len(prompts)
     generated = torch.zeros(n, steps, dtype=torch.long)
     keys = torch.zeros(n, steps, info.n_layers, info.n_heads, dtype=torch.int32) if record_keys else None
-    if edit is not None:
-        state = _Mode(False, "recompute: edited (masked) heads need every value at each step")
-    elif use_kv_cache:
+    if use_kv_cache:
         state = _Mode(True, "kv_cache")
     else:
         state = _Mode(False, "recompute: use_kv_cache=False")
@@ -127,7 +130,7 @@ def greedy_decode(
         with torch.no_grad():
             for idx in batches:
                 group = [prompts[i] for i in idx]
-                hooks = edit(len(group[0])) if edit is not None else []
+                make = _hooks_for(edit, len(group[0]))
                 out = None
                 if state.cache:
                     prompt = torch.stack(group).to(device)
@@ -135,13 +138,13 @@ def greedy_decode(
                     if cache is None:
                         state.fall_back(f"no key-value cache: {why}")
                     else:
-                        out = _decode_cached(model, info, cache, prompt, steps, record_keys, verify=not state.verified)
+                        out = _decode_cached(model, info, cache, prompt, steps, record_keys, make, verify=not state.verified)
                         if out is None:
                             state.fall_back(f"the {cache.kind} key-value cache did not advance or disagreed with a full forward")
                         else:
                             state.verified, state.reason = True, f"kv_cache ({cache.kind})"
                 if out is None:
-                    out = _decode_recompute(model, info, group, steps, record_keys, hooks, device)
+                    out = _decode_recompute(model, info, group, steps, record_keys, make, device)
                 generated[idx] = out[0]
                 if keys is not None:
                     keys[idx] = out[1]
@@ -151,8 +154,15 @@ def greedy_decode(
     return Decoded(generated, keys, state.reason)
 
 
+def _hooks_for(edit: EditFactory | None, prompt_len: int) -> Callable[[], Sequence[tuple[str, Any]]]:
+    """A maker of fresh edit hooks for one decode (no hooks without ``edit``)."""
+    if edit is None:
+        return lambda: ()
+    return lambda: edit(prompt_len)
+
+
 def _decode_recompute(model: Any, info: ModelInfo, group: list[torch.Tensor], steps: int, record: bool,
-                      hooks: Sequence[tuple[str, Any]], device: torch.device) -> tuple[torch.Tensor, Any]:
+                      make: Callable[[], Sequence[tuple[str, Any]]], device: torch.device) -> tuple[torch.Tensor, Any]:
     """A full forward per step over right-padded rows; each row reads its own last position."""
     padded = pad_right(group)
     lengths = padded.lengths.to(device)
@@ -162,7 +172,7 @@ def _decode_recompute(model: Any, info: ModelInfo, group: list[torch.Tensor], st
     width = int(padded.lengths.max())
     for step in range(steps):
         last = lengths + step - 1
-        logits, k = _step(model, info, seq[:, : width + step], last, record, hooks)
+        logits, k = _step(model, info, seq[:, : width + step], last, record, make())  # each pass from position 0
         nxt = logits.argmax(-1)
         gens.append(nxt.cpu())
         keys.append(k)
@@ -172,13 +182,15 @@ def _decode_recompute(model: Any, info: ModelInfo, group: list[torch.Tensor], st
 
 
 def _decode_cached(model: Any, info: ModelInfo, cache: KVCache, prompt: torch.Tensor, steps: int, record: bool,
-                   verify: bool) -> tuple[torch.Tensor, Any] | None:
-    """Decode with ``cache``; ``None`` when it does not advance or disagrees with a full forward."""
+                   make: Callable[[], Sequence[tuple[str, Any]]], verify: bool) -> tuple[torch.Tensor, Any] | None:
+    """Decode with ``cache``; ``None`` when it does not advance or disagrees with a full forward.
+    One set of edit hooks from ``make`` sees the prompt's pass and then each one-token pass."""
     batch, width = prompt.shape
+    hooks = make()
 
     def cached_step(ids: torch.Tensor, last: int) -> tuple[torch.Tensor, Any] | None:
         try:
-            out = _step(model, info, ids, torch.full((batch,), last, dtype=torch.long, device=ids.device), record, (),
+            out = _step(model, info, ids, torch.full((batch,), last, dtype=torch.long, device=ids.device), record, hooks,
                         forward=cache.forward(model, ids))
         except (TypeError, ValueError, NotImplementedError, AttributeError):
             return None
@@ -197,7 +209,7 @@ def _decode_cached(model: Any, info: ModelInfo, cache: KVCache, prompt: torch.Te
         if verify and step == 1:
             # Checked once per run against a full forward: a cache that silently disagrees (a
             # custom attention, hooks that edit keys) would make every later step wrong.
-            full, _ = _step(model, info, seq, torch.full((batch,), seq.shape[1] - 1, device=seq.device), False, ())
+            full, _ = _step(model, info, seq, torch.full((batch,), seq.shape[1] - 1, device=seq.device), False, make())
             tol = (1e-3 if full.dtype == torch.float32 else 3e-2) * max(1.0, float(full.abs().max()))
             if not torch.allclose(got[0], full, atol=tol, rtol=0):
                 return None

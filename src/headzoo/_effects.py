@@ -120,8 +120,12 @@ class HeadEffects(Result):
         return means.unstack(col)
 
     def top(self, k: int = 5, *, by: str = "abs") -> pd.DataFrame:
-        """The ``k`` rows with the largest change from the baseline (``by="abs"``) or effect
-        (``by="effect"``).
+        """The ``k`` rows that moved the metric most: the largest ``|change|`` (``by="abs"``)
+        or the largest ``effect`` (``by="effect"``).
+
+        The frame has :meth:`to_frame`'s columns plus ``change = effect - baseline``, next to
+        ``effect``: ``by="abs"`` sorts by its size, so the order reads off that column (a raw
+        effect on either side of the baseline would look unsorted).
 
         Raises:
             InvalidOptionError: ``k`` is not a positive integer or ``by`` is neither.
@@ -130,8 +134,11 @@ class HeadEffects(Result):
         if by not in ("abs", "effect"):
             raise InvalidOptionError(f"by must be 'abs' or 'effect'; got {by!r}")
         effect = cast(pd.Series, self._frame["effect"])
-        change = (effect - self._meta["baseline"]).abs() if by == "abs" else effect
-        return self._frame.loc[change.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
+        change = effect - float(self._meta["baseline"])
+        key = change.abs() if by == "abs" else effect
+        out = self._frame.copy()
+        out.insert(list(out.columns).index("effect") + 1, "change", change)
+        return out.loc[key.sort_values(ascending=False, kind="stable").index[:k]].reset_index(drop=True)
 
     # -- display --------------------------------------------------------------------------
     def plot(self, column: str = "effect") -> Any:
@@ -169,15 +176,17 @@ class HeadEffects(Result):
         import plotly.graph_objects as go
 
         top = self.top(k, by=by)
-        labels = [" ".join(f"{c[0].upper()}{top.iloc[i][c]}" for c in self.index_columns) for i in range(len(top))]
+        # ``L3H3``: read per column (a row of mixed columns comes back as floats: ``L3.0 H3.0``)
+        labels = ["".join(f"{c[0].upper()}{int(top[c].iloc[i])}" for c in self.index_columns) for i in range(len(top))]
         error = None
         if {"ci_low", "ci_high"} <= set(top.columns):
             error = {"type": "data", "symmetric": False, "array": top["ci_high"] - top["effect"],
                      "arrayminus": top["effect"] - top["ci_low"]}
         fig = go.Figure(go.Bar(x=labels, y=top["effect"], error_y=error, marker_color="#2171b5",
-                               hovertemplate="%{x}<br>effect %{y:.4f}<extra></extra>"))
+                               customdata=top["change"],
+                               hovertemplate="%{x}<br>effect %{y:.4f}<br>change %{customdata:+.4f}<extra></extra>"))
         fig.add_hline(y=self._meta.get("baseline", 0.0), line_dash="dash", line_color="#888")
-        fig.update_layout(title=html.escape(f"headzoo: top {k} {self._meta.get('kind', '')} patches"), yaxis_title="effect", width=640)
+        fig.update_layout(title=html.escape(f"headzoo: top {k} {self._meta.get('kind', '')} patches"), yaxis_title="effect", height=420)
         return fig
 
     def __repr__(self) -> str:

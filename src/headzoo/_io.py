@@ -412,6 +412,17 @@ class Result(abc.ABC):
     __slots__ = ()
     _FORMAT: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # One place for every result's figures: each ``plot``/``plot_*`` method a result type
+        # defines returns a headzoo Figure (a go.Figure that also exports to HTML offline and
+        # sizes to its container), however the method built it.
+        super().__init_subclass__(**kwargs)
+        from headzoo._figures import returns_figure
+
+        for name, value in list(vars(cls).items()):
+            if (name == "plot" or name.startswith("plot_")) and callable(value) and not getattr(value, "__isabstractmethod__", False):
+                setattr(cls, name, returns_figure(value))
+
     @abc.abstractmethod
     def to_frame(self) -> pd.DataFrame:
         """The tidy frame (a copy)."""

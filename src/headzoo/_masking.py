@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import html
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast, final
 
 import numpy as np
@@ -21,9 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from headzoo._errors import InvalidOptionError
+from headzoo._forward import hook_name
 from headzoo._io import Payload, Result, strings_as_str
 from headzoo._models import library_versions, model_info
 from headzoo._needle import NeedleHaystack, decode_needles
+from headzoo._tokens import check_heads
 
 __all__ = ["retrieval_masking", "MaskingCurve"]
 
@@ -100,8 +104,10 @@ class MaskingCurve(Result):
         return fig
 
     def __repr__(self) -> str:
-        ks = sorted(k for k in self.frame["k"].unique() if k > 0)
-        return f"MaskingCurve(methods {list(dict.fromkeys(self.frame['method']))}, K {ks}, {self.meta['n_random']} random draws)"
+        # plain ints and strs: numpy 2 scalars print as np.int64(1) inside a list
+        ks = sorted(int(k) for k in self.frame["k"].unique() if k > 0)
+        methods = [str(m) for m in dict.fromkeys(self.frame["method"])]
+        return f"MaskingCurve(methods {methods}, K {ks}, {int(self.meta['n_random'])} random draws)"
 
     def _repr_html_(self) -> str:
         """Self-contained HTML (no scripts): what was masked and the accuracy table."""
@@ -114,6 +120,63 @@ class MaskingCurve(Result):
     @classmethod
     def _from_payload(cls, payload: Payload) -> MaskingCurve:
         return cls(payload.frame, payload.meta)
+
+
+def decode_mask_hooks(model: Any, heads: Any, method: str, prompt_len: int) -> list[tuple[str, Callable[..., Any]]]:
+    """Hooks that mask ``heads`` at every query that emits a token (position ``prompt_len - 1``
+    and after) during ONE decode whose passes run the positions in order: the whole prompt,
+    then one token per pass (key-value cache), or a single full pass (a fresh set per pass).
+
+    ``"zero"`` zeroes the heads' outputs ``z`` there. ``"uniform"`` sets them to the mean of
+    the values at every visible key, which is what uniform attention outputs; the hooks keep a
+    running sum of each masked head's values ``[batch, kv_head, d_head]`` across passes, so a
+    one-token pass needs only its own value, not the whole prefix. The numbers equal
+    :func:`hz.ablation_hooks` with ``positions=slice(prompt_len - 1, None)`` on full forwards.
+    """
+    info = model_info(model)
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in check_heads(heads, info.n_layers, info.n_heads):
+        by_layer.setdefault(layer, []).append(head)
+    first = prompt_len - 1
+    seen: dict[int, int] = dict.fromkeys(by_layer, 0)  # positions each layer has run so far
+    total: dict[int, torch.Tensor] = {}  # running sum of values up to the last position run
+    new_v: dict[int, torch.Tensor] = {}
+
+    def keep_v(layer: int) -> Callable[..., None]:
+        def hook(v: torch.Tensor, hook: Any) -> None:
+            new_v[layer] = v  # [batch, pos, kv_head, d_head] of this pass's positions
+        return hook
+
+    def mask(layer: int) -> Callable[..., torch.Tensor]:
+        hs = by_layer[layer]
+
+        def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            start, n = seen[layer], z.shape[1]
+            seen[layer] = start + n
+            value: torch.Tensor | float = 0.0
+            if method == "uniform":
+                v = new_v.pop(layer)
+                running = v.cumsum(1)
+                if layer in total:
+                    running = running + total[layer][:, None]
+                total[layer] = running[:, -1]
+                counts = torch.arange(start + 1, start + n + 1, device=v.device, dtype=v.dtype)[None, :, None, None]
+                group = info.n_heads // v.shape[2]
+                value = (running / counts)[:, :, [h // group for h in hs]]
+            local = torch.arange(max(first - start, 0), n, device=z.device)  # emitting queries of this pass
+            if not len(local):
+                return z
+            z = z.clone()
+            rows = local[:, None]
+            cols = torch.tensor(hs, device=z.device)[None, :]
+            z[:, rows, cols] = value[:, local].to(z.dtype) if isinstance(value, torch.Tensor) else value
+            return z
+        return hook
+
+    hooks = [(hook_name("z", layer), mask(layer)) for layer in by_layer]
+    if method == "uniform":
+        hooks = [(hook_name("v", layer), keep_v(layer)) for layer in by_layer] + hooks
+    return hooks
 
 
 def _ranking(scores: Any, n_layers: int, n_heads: int) -> tuple[torch.Tensor, str]:
@@ -137,6 +200,20 @@ def _ranking(scores: Any, n_layers: int, n_heads: int) -> tuple[torch.Tensor, st
     if tuple(matrix.shape) != (n_layers, n_heads):
         raise InvalidOptionError(f"scores has shape {tuple(matrix.shape)}; the model has {n_layers} layers x {n_heads} heads")
     return torch.nan_to_num(matrix.double(), nan=-np.inf), source
+
+
+def _cost(trials: Any, batch_size: int, n_runs: int, *, cached: bool) -> str:
+    """The work of ``n_runs`` masked decodes of ``trials``, in words: decode steps and passes."""
+    lengths: dict[int, int] = {}
+    for t in trials.tokens:
+        lengths[len(t)] = lengths.get(len(t), 0) + 1
+    batches = sum(-(-n // batch_size) for n in lengths.values())  # trials of one length share a batch
+    steps = n_runs * len(trials.tokens) * trials.n_decode
+    passes = n_runs * batches * trials.n_decode
+    how = ("the prompt once, then one token per pass (key-value cache)" if cached
+           else "a full forward over the prompt per token (this model has no key-value cache)")
+    return (f"{n_runs} masked runs x {len(trials.tokens)} trials x {trials.n_decode} tokens = {steps} decode steps "
+            f"in {passes} forward passes of up to {batch_size} trials, {how}")
 
 
 def retrieval_masking(
@@ -164,6 +241,17 @@ def retrieval_masking(
         probe: the needle probe (default ``hz.NeedleHaystack()``).
         min_recall: a trial counts as retrieved when its answer recall is above this.
         seed: seeds the random draws.
+        progress: a progress bar (``None``: when there are more than 8 runs). Unless it is
+            ``False``, the expected cost is printed (to stderr) before the first masked run, and
+            a time estimate after it.
+
+    Cost: ``len(methods) * len(k) * (1 + n_random)`` masked decodes of every trial, plus one
+    unmasked. Each decode runs ``n_decode`` (the probe's answer length) steps per trial: one
+    one-token pass per step with a key-value cache (masking included: the masked heads keep a
+    running sum of their values), a full forward over the prompt per step without one (the
+    default model, a ``boot_native`` bridge, has none). On the default model with
+    ``k=[1, 2, 4]`` and the defaults that is 36 masked decodes; budget them with ``n_random``,
+    ``methods`` and a smaller ``probe`` (fewer ``lengths``, ``depths`` or ``n_needles``).
 
     Returns:
         :class:`MaskingCurve`; its ``k = 0`` rows are the unmasked model.
@@ -218,9 +306,21 @@ def retrieval_masking(
     rows = [{"method": m, "k": 0, "heads": "none", "draw": 0, "accuracy": float(base.recall.mean()),
              "retrieved": float(base.retrieved(min_recall).mean()), "masked": ""} for m in methods]
     show = progress if progress is not None else len(plan) > 8
-    for method, x, kind, draw, heads in tqdm(plan, desc="headzoo masking", unit="run", disable=not show, leave=False):
+    cost = _cost(trials, batch_size, len(plan), cached=base.mode.startswith("kv_cache"))
+    if progress is not False:
+        # said before the first masked decode: this can run for minutes
+        print(f"headzoo masking: {cost}", file=sys.stderr, flush=True)
+    masked_mode = ""
+    started = time.perf_counter()
+    for i, (method, x, kind, draw, heads) in enumerate(
+            tqdm(plan, desc="headzoo masking", unit="run", disable=not show, leave=False)):
         run = decode_needles(model, trials, batch_size=batch_size, mask_heads=heads,
                              mask_method=cast(Literal["uniform", "zero"], method), progress=False)  # checked above
+        masked_mode = masked_mode or run.mode
+        if i == 0 and progress is not False and len(plan) > 1:
+            first = time.perf_counter() - started
+            print(f"headzoo masking: the first of {len(plan)} runs took {first:.1f} s; about "
+                  f"{first * (len(plan) - 1):.0f} s to go", file=sys.stderr, flush=True)
         rows.append({
             "method": method, "k": x, "heads": kind, "draw": draw, "accuracy": float(run.recall.mean()),
             "retrieved": float(run.retrieved(min_recall).mean()), "masked": " ".join(f"L{a}H{b}" for a, b in heads),
@@ -237,7 +337,7 @@ def retrieval_masking(
         "n_random": n_random,
         "seed": seed,
         "min_recall": min_recall,
-        "decoding": {"unmasked": base.mode, "masked": "recompute: masked heads need every value at each step"},
+        "decoding": {"unmasked": base.mode, "masked": masked_mode},
         "versions": library_versions(),
     }
     return MaskingCurve(frame, meta)

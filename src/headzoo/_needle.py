@@ -579,8 +579,8 @@ def decode_needles(
         batch_size: trials per forward (trials of one length are batched; no padding).
         mask_heads: ``(layer, head)`` pairs to mask while decoding: at every query that emits a
             token (the prompt's last position and each decoded one), as in the paper; the
-            prompt itself is processed normally. Masked runs recompute every step and do not
-            record attention.
+            prompt itself is processed normally. Masked runs decode with the key-value cache
+            too (where the model has one) and do not record attention.
         mask_method: ``"uniform"`` (attention spread evenly over the visible keys, the paper's
             masking) or ``"zero"`` (the head's output zeroed), via :func:`hz.ablate`'s hooks.
 
@@ -604,9 +604,12 @@ def decode_needles(
     if mask_heads is not None:
         ablation_hooks(model, mask_heads, mask_method)  # checks the heads and hooks up front
 
+        from headzoo._masking import decode_mask_hooks
+
         def mask_edit(prompt_len: int) -> list:
-            # every query that emits a token: the prompt's last position and each decoded one
-            return ablation_hooks(model, mask_heads, mask_method, positions=slice(prompt_len - 1, None))
+            # every query that emits a token: the prompt's last position and each decoded one;
+            # the hooks follow the positions across cached passes (a running sum of values)
+            return decode_mask_hooks(model, mask_heads, mask_method, prompt_len)
 
         edit = mask_edit
 

@@ -11,8 +11,11 @@ activation exactly as in a prompt-by-prompt run, for every model class, with no 
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,8 @@ from headzoo._errors import InvalidOptionError, InvalidTokensError
 from headzoo._models import ModelInfo
 
 __all__ = [
+    "UnknownTokenWarning",
+    "warn_unknown_tokens",
     "check_ids",
     "as_prompts",
     "as_block",
@@ -34,6 +39,72 @@ __all__ = [
     "check_bool",
     "check_heads",
 ]
+
+
+class UnknownTokenWarning(UserWarning):
+    """Text became the tokenizer's unknown token (``<unk>``): those positions are scored as one
+    token that carries none of the words' identity. Raised as a warning, once per call."""
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _user_stacklevel(frame: Any) -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside headzoo (the wrappers
+    of runtime type checkers around headzoo's functions, and generated ``<...>`` code, count
+    as inside)."""
+
+    def inside(frame: Any) -> bool:
+        name = str(frame.f_globals.get("__name__", ""))
+        return (frame.f_code.co_filename.startswith("<") or name.split(".")[0] in _WRAPPERS
+                or str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE))
+
+    level = 1  # ``frame``: the function that calls warnings.warn
+    while frame is not None and inside(frame):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_WRAPPERS = {"headzoo", "jaxtyping", "beartype", "typeguard"}
+
+
+def warn_unknown_tokens(tokenizer: Any, texts: Sequence[str], prompts: Sequence[torch.Tensor], what: str) -> int:
+    """Warn (:class:`UnknownTokenWarning`, once for all ``texts``) when ``prompts``, the ids
+    ``texts`` became, hold the tokenizer's unknown token; return how many they hold.
+
+    A tokenizer whose unknown id doubles as its BOS, EOS or pad id (GPT-2's byte-level BPE:
+    ``<|endoftext|>``) is not checked: that id marks something else there, and such
+    tokenizers spell every string.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    specials = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    if not isinstance(unk, int) or unk in specials:
+        return 0
+    counts = [int((p == unk).sum()) for p in prompts]
+    total = sum(counts)
+    if not total:
+        return 0
+    words: list[str] = []
+    for text, count in zip(texts, counts):
+        if not count:
+            continue
+        for word in dict.fromkeys(text.split()):
+            # which words: each one tokenised alone (only on this rare path)
+            if len(words) < 8 and unk in tokenizer.encode(word, add_special_tokens=False):
+                words.append(word)
+    shown = ", ".join(repr(w) for w in words) + (", ..." if len(words) == 8 else "")
+    n_texts = sum(1 for c in counts if c)
+    warnings.warn(
+        f"{what}: {total} token{'s' if total != 1 else ''} in {n_texts} of {len(texts)} text"
+        f"{'s' if len(texts) != 1 else ''} became the tokenizer's unknown token "
+        f"{getattr(tokenizer, 'unk_token', None)!r} (id {unk})" + (f", from {shown}" if words else "")
+        + ". Each is scored as that one token, which carries none of the word's identity. To avoid it, "
+        "write those words the way the tokenizer's vocabulary has them (or drop them), or pass token ids, "
+        "or use a model whose tokenizer covers the text (a byte-level BPE such as GPT-2's has no unknown token).",
+        UnknownTokenWarning,
+        stacklevel=_user_stacklevel(sys._getframe()),
+    )
+    return total
 
 
 def check_ids(ids: torch.Tensor, info: ModelInfo, what: str) -> None:
@@ -99,6 +170,7 @@ def as_prompts(model: Any, info: ModelInfo, tokens: Any, what: str = "tokens") -
                     f"shorten or split it to at most {info.n_ctx} tokens"
                 )
             prompts.append(ids.detach().cpu().long().clone())
+        warn_unknown_tokens(model.tokenizer, texts, prompts, what)
     elif isinstance(tokens, (torch.Tensor, np.ndarray)):
         ids = torch.as_tensor(tokens)
         check_ids(ids, info, what)
