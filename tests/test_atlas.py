@@ -26,7 +26,7 @@ def demo():
 
 @pytest.fixture(scope="module")
 def demo_atlas(demo):
-    return hz.build_atlas(demo, importance=False)  # importance: its own tests below
+    return hz.build_atlas(demo)
 
 
 def test_atlas_files_and_metadata(demo_atlas, tmp_path):
@@ -424,7 +424,7 @@ def test_payload_has_every_new_field(demo_atlas):
     for head in payload.heads:
         assert head.examples and all(isinstance(e, _atlas.PageHeadExample) for e in head.examples)
         assert {e.activation for e in head.examples} == {"attention", "output_norm"}
-        assert head.literature == () and isinstance(head.importance, dict)
+        assert head.literature == () and set(head.importance) == {t.name for t in payload.importance.tasks}
     # planted-demo is in no paper: no literature, and the page is told why
     assert payload.agreement is None and "planted-demo" in payload.meta.skipped["literature"]
     data = json.loads(payload.to_json())
@@ -540,6 +540,22 @@ def test_importance_summary_reads_head_importance():
         _atlas._importance_summary(_fake_importance(effect=float("nan")))
     with pytest.raises(hz.InvalidOptionError, match="method 'guess'"):
         _atlas._importance_summary(_fake_importance(method="guess"))
+
+
+def test_importance_on_the_cards_is_head_importance(demo_atlas, demo):
+    imp = hz.head_importance(demo, seed=0, progress=False)
+    frame = imp.to_frame()
+    payload = demo_atlas._payload()
+    cards = {(h.layer, h.head): h for h in payload.heads}
+    assert len(frame) == len(imp.meta["tasks"]) * 12 and set(imp.meta["tasks"]) >= {"induction"}
+    for task, layer, head, effect, method in zip(frame["task"], frame["layer"], frame["head"], frame["effect"], frame["method"]):
+        got = cards[(layer, head)].importance[task]
+        assert got.method == method and got.effect == pytest.approx(effect, rel=1e-4, abs=1e-6)
+    info = payload.importance
+    assert [t.name for t in info.tasks] == list(imp.meta["tasks"]) and info.ablation == "mean"
+    assert info.exact_top == imp.meta["exact_top"] and info.skipped == imp.meta["skipped"]
+    assert "ioi" in info.skipped  # the planted vocabulary has no names: said, not hidden
+    assert all(t.baseline == pytest.approx(imp.meta["tasks"][t.name]["baseline"]) for t in info.tasks)
 
 
 def test_importance_reaches_the_cards_and_the_page(demo_atlas, tmp_path):
