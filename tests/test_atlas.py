@@ -550,12 +550,12 @@ def test_importance_on_the_cards_is_head_importance(demo_atlas, demo):
     assert len(frame) == len(imp.meta["tasks"]) * 12 and set(imp.meta["tasks"]) >= {"induction"}
     for task, layer, head, effect, method in zip(frame["task"], frame["layer"], frame["head"], frame["effect"], frame["method"]):
         got = cards[(layer, head)].importance[task]
-        assert got.method == method and got.effect == pytest.approx(effect, rel=1e-4, abs=1e-6)
+        assert got.method == method and got.effect == pytest.approx(effect, rel=1e-3, abs=1e-9)  # 4 digits on the page
     info = payload.importance
     assert [t.name for t in info.tasks] == list(imp.meta["tasks"]) and info.ablation == "mean"
     assert info.exact_top == imp.meta["exact_top"] and info.skipped == imp.meta["skipped"]
     assert "ioi" in info.skipped  # the planted vocabulary has no names: said, not hidden
-    assert all(t.baseline == pytest.approx(imp.meta["tasks"][t.name]["baseline"]) for t in info.tasks)
+    assert all(t.baseline == pytest.approx(imp.meta["tasks"][t.name]["baseline"], rel=1e-3) for t in info.tasks)
 
 
 def test_importance_reaches_the_cards_and_the_page(demo_atlas, tmp_path):

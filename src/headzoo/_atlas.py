@@ -441,7 +441,7 @@ def _page_head(h: Mapping[str, Any], examples: tuple[PageHeadExample, ...] = ())
         successor=_page_successor(h.get("successor"), name),
         examples=examples,
         importance={
-            str(task): PageImportance(_finite(v["effect"], f"the {task!r} importance of head {name}"), str(v["method"]))
+            str(task): PageImportance(_sig(v["effect"], f"the {task!r} importance of head {name}"), str(v["method"]))
             for task, v in (h.get("importance") or {}).items()  # atlases saved before importance have none
         },
         literature=tuple(
@@ -518,7 +518,7 @@ def _page_importance_info(info: Mapping[str, Any] | None) -> PageImportanceInfo 
         return None
     return PageImportanceInfo(
         tasks=tuple(PageTask(str(t["name"]), str(t["description"]), str(t["metric"]),
-                             _finite(t["baseline"], f"the clean baseline of importance task {t['name']!r}"))
+                             _sig(t["baseline"], f"the clean baseline of importance task {t['name']!r}"))
                     for t in info["tasks"]),
         ablation=str(info["ablation"]), exact_top=int(info["exact_top"]),
         note=None if info.get("note") is None else str(info["note"]),
