@@ -485,7 +485,9 @@ def _corpus_words(source: str) -> str:
     """How the page names a corpus (``HeadExamples.meta["corpus"]["source"]``)."""
     if source.startswith("hf:"):
         return f"the Hugging Face dataset {source[3:]}"
-    return {"shipped": "headzoo's shipped text", "strings": "a list of strings given in Python",
+    return {"shipped": "headzoo's shipped text",
+            "curriculum": "held-out text of headzoo's synthetic curriculum (what the zoo models were trained on)",
+            "strings": "a list of strings given in Python",
             "dataset": "a datasets.Dataset given in Python"}.get(source, source)
 
 
