@@ -69,7 +69,7 @@
   let gradients = 0;
   function legend(scale, thr, what) {
     const W = 180, x0 = 4, x1 = W - 4, id = "grad" + (gradients++);
-    const svg = svgEl("svg", { "class": "legend", viewBox: "0 0 " + W + " 44", role: "img" });
+    const svg = svgEl("svg", { "class": "legend", viewBox: "0 0 " + W + " 44", width: W, height: 44, role: "img" });
     svg.setAttribute("aria-label", "colour scale of " + what + ": " + fmt(scale.lo) + " to " + fmt(scale.hi) +
       (thr === null || thr === undefined ? "" : ", threshold " + thr));
     const grad = svgEl("linearGradient", { id: id, x1: "0", x2: "1", y1: "0", y2: "0" });
@@ -124,7 +124,7 @@
   /* A map's heatmap and legend, at most a little over their natural size (a 4 x 4 model's map
    * stays small), with its explanation beside them where there is room, else below. */
   function mapBody(svg, leg, text) {
-    const w = Math.round(svg.viewBox.baseVal.width * 1.15);
+    const w = Math.min(240, Math.round(svg.viewBox.baseVal.width * 1.3));
     const figure = el("div", undefined, "map-fig"); figure.style.width = Math.max(w, 150) + "px";
     svg.style.maxWidth = w + "px"; figure.appendChild(svg); figure.appendChild(leg);
     const body = el("div", undefined, "map-body"); body.appendChild(figure); body.appendChild(text);
@@ -484,7 +484,10 @@
     if (r && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); open(r.dataset.head); }
   });
   fromHash();
-  document.body.dataset.renderMs = String(Math.round(performance.now()));
-  document.body.dataset.rendered = "1";
+  // "rendered" once the first frame is laid out and painted, not merely built
+  requestAnimationFrame(() => setTimeout(() => {
+    document.body.dataset.renderMs = String(Math.round(performance.now()));
+    document.body.dataset.rendered = "1";
+  }, 0));
   }
 })();
