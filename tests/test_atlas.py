@@ -26,13 +26,13 @@ def demo():
 
 @pytest.fixture(scope="module")
 def demo_atlas(demo):
-    return hz.build_atlas(demo)
+    return hz.build_atlas(demo, importance=False)  # importance: its own tests below
 
 
 def test_atlas_files_and_metadata(demo_atlas, tmp_path):
     out = demo_atlas.write(tmp_path / "atlas")
     # one self-contained page: no assets/ folder beside it
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "meta.json", "scores.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["examples.parquet", "index.html", "meta.json", "scores.parquet"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"]["name"] == "planted-demo" and len(meta["model_config_hash"]) == 16
     assert {"headzoo", "transformer-lens", "torch"} <= set(meta["versions"])
@@ -418,3 +418,223 @@ def test_cards_list_composition_partners(demo_atlas):
     assert card["reads_from"][0] == {"layer": 0, "head": 2, "kind": "k", "score": reads[0]["score"], "excess": reads[0]["excess"]}
     assert data["meta"]["composition_note"] is None
     assert 'id="card-reads"' in demo_atlas.html() and 'id="card-writes"' in demo_atlas.html()
+
+
+# -- issue 17: what each card explains (descriptions, contexts on text, importance, literature) --
+
+
+def test_payload_has_every_new_field(demo_atlas):
+    payload = demo_atlas._payload()
+    table = hz.list_detectors().set_index("name")["description"]
+    assert all(d.description == table[d.name] and d.description for d in payload.detectors)
+    assert payload.examples == _atlas.PageExamplesInfo(
+        corpus="headzoo's shipped text", n_tokens=demo_atlas.examples.meta["corpus"]["n_tokens"], k=5,
+        activations={"attention": "max attention from the query to a non-BOS key",
+                     "output_norm": "norm of the head's output at the query"})
+    assert payload.downloads == ("scores.parquet", "meta.json", "examples.parquet")
+    for head in payload.heads:
+        assert head.examples and all(isinstance(e, _atlas.PageHeadExample) for e in head.examples)
+        assert {e.activation for e in head.examples} == {"attention", "output_norm"}
+        assert head.literature == () and isinstance(head.importance, dict)
+    # planted-demo is in no paper: no literature, and the page is told why
+    assert payload.agreement is None and "planted-demo" in payload.meta.skipped["literature"]
+    data = json.loads(payload.to_json())
+    assert {"examples", "importance", "agreement", "downloads"} <= set(data)
+    assert {"examples", "importance", "literature"} <= set(data["heads"][0]) and "description" in data["detectors"][0]
+    example = data["heads"][0]["examples"][0]
+    assert list(example) == ["activation", "kind", "rank", "decile", "value", "context", "attended", "attended_token"]
+
+
+def test_card_examples_are_the_head_examples_rows(demo_atlas):
+    payload = demo_atlas._payload()
+    ex = demo_atlas.examples
+    assert ex.meta["k"] == 5 and len(ex.heads) == 12
+    for card in payload.heads:
+        rows = ex.for_head(card.layer, card.head)
+        assert len(card.examples) == len(rows)  # every top row (5 per activation) and every decile
+        assert sum(e.kind == "top" for e in card.examples) == 10
+        for page, (_, row) in zip(card.examples, rows.iterrows(), strict=True):
+            assert (page.activation, page.kind, page.rank) == (row["activation"], row["kind"], row["rank"])
+            assert page.decile == (None if pd.isna(row["decile"]) else int(row["decile"]))
+            assert page.value == pytest.approx(row["value"], rel=1e-3) and page.attended_token == row["attended_token"]
+            # the query stays last; only the far left of a long context is cut, and the attended index follows it
+            cut = max(0, len(row["context"]) - _atlas._PAGE_CONTEXT)
+            assert list(page.context) == row["context"][cut:] and page.context[-1] == row["context"][-1]
+            if pd.isna(row["attended"]) or row["attended"] < cut:
+                assert page.attended is None
+            else:
+                assert page.context[page.attended] == row["context"][int(row["attended"])]
+
+
+def test_examples_round_trip_and_parquet(demo_atlas, tmp_path):
+    saved = hz.HeadAtlas.load(demo_atlas.save(tmp_path / "atlas.parquet"))
+    pd.testing.assert_frame_equal(saved.examples.to_frame(), demo_atlas.examples.to_frame())
+    assert saved.examples.meta == demo_atlas.examples.meta and saved.heads == demo_atlas.heads
+    assert saved.meta["skipped"] == demo_atlas.meta["skipped"]
+    assert saved._payload() == demo_atlas._payload()
+    assert saved.scores.detectors == demo_atlas.scores.detectors  # the examples table is not taken for a detector's
+    out = demo_atlas.write(tmp_path / "page")
+    written = hz.HeadExamples.load(out / "examples.parquet")
+    pd.testing.assert_frame_equal(written.to_frame(), demo_atlas.examples.to_frame())
+
+
+def test_an_atlas_saved_before_issue_17_still_loads(demo_atlas, tmp_path):
+    # no examples, no per-head importance or literature, no descriptions or skipped parts in meta
+    heads = [{k: v for k, v in h.items() if k not in ("importance", "literature")} for h in demo_atlas.heads]
+    meta = {k: v for k, v in demo_atlas.meta.items() if k not in ("descriptions", "skipped", "importance", "agreement")}
+    old = _atlas.HeadAtlas(demo_atlas.scores, heads, demo_atlas.example_tokens, demo_atlas.example_patterns, meta)
+    loaded = hz.HeadAtlas.load(old.save(tmp_path / "old.parquet"))
+    assert loaded.examples is None
+    payload = loaded._payload()
+    assert payload.examples is None and payload.importance is None and payload.agreement is None
+    assert payload.downloads == ("scores.parquet", "meta.json") and payload.meta.skipped == {}
+    assert all(h.examples == () and h.importance == {} and h.literature == () for h in payload.heads)
+    table = hz.list_detectors().set_index("name")["description"]
+    assert all(d.description == table[d.name] for d in payload.detectors)  # from the registry
+    out = loaded.write(tmp_path / "page")
+    assert not (out / "examples.parquet").exists()
+
+
+def test_examples_from_a_given_corpus_or_skipped_with_a_reason(demo, tmp_path, monkeypatch):
+    words = "Monday Tuesday Wednesday Monday Tuesday Wednesday " * 6
+    atlas = hz.build_atlas(demo, "previous_token", corpus=[words, words], examples_k=2, importance=False)
+    assert atlas.examples.meta["corpus"]["source"] == "strings" and atlas.examples.meta["k"] == 2
+    assert atlas._payload().examples.corpus == "a list of strings given in Python"
+    off = hz.build_atlas(demo, "previous_token", examples=False, importance=False)
+    assert off.examples is None and "examples=False" in off.meta["skipped"]["examples"]
+    assert off._payload().examples is None and "examples.parquet" not in off._payload().downloads
+    # a corpus that cannot be read fails before any detector runs, with its typed error
+    monkeypatch.setattr(_atlas, "run_detectors", lambda *a, **k: pytest.fail("a detector ran before the corpus was read"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(hz.InvalidOptionError, match="no \\*.txt file"):
+        hz.build_atlas(demo, corpus=tmp_path / "empty")
+    with pytest.raises(hz.InvalidOptionError, match="examples_k"):
+        hz.build_atlas(demo, examples_k=0)
+
+
+def test_a_model_without_tokenizer_skips_examples_unless_a_corpus_is_given():
+    spec = PlantSpec(n_layers=2, n_heads=2, d_head=16, d_vocab=40, n_ctx=48, previous_token=(0, 0), induction=None)
+    model = cached_planted(spec, "bridge", False)
+    atlas = hz.build_atlas(model, "previous_token", importance=False)
+    assert atlas.examples is None and "no tokenizer" in atlas.meta["skipped"]["examples"]
+    with pytest.raises(hz.UnsupportedTokenizerError):
+        hz.build_atlas(model, "previous_token", corpus=["some text"], importance=False)
+
+
+class _FakeImportance:
+    """What build_atlas reads of an hz.HeadImportance: to_frame() and meta."""
+
+    def __init__(self, rows, meta):
+        self._rows, self.meta = rows, meta
+
+    def to_frame(self):
+        return pd.DataFrame(self._rows, columns=["task", "layer", "head", "effect", "method", "attribution"])
+
+
+def _fake_importance(effect=0.5, method="exact"):
+    rows = [("induction", 0, 1, effect, method, 0.4), ("induction", 1, 0, -0.01, "attribution", -0.01),
+            ("ioi", 0, 1, 0.02, "attribution", 0.02)]
+    meta = {"tasks": {"induction": {"description": "repeated random tokens", "metric": "loss", "baseline": 3.5},
+                      "ioi": {"description": "indirect objects", "metric": "loss", "baseline": 2.0}},
+            "skipped": {"succession": "no ordinal sequence tokenises"}, "ablation": "mean", "exact_top": 8}
+    return _FakeImportance(rows, meta)
+
+
+def test_importance_summary_reads_head_importance():
+    effects, info = _atlas._importance_summary(_fake_importance())
+    assert effects == {(0, 1): {"induction": {"effect": 0.5, "method": "exact"}, "ioi": {"effect": 0.02, "method": "attribution"}},
+                       (1, 0): {"induction": {"effect": -0.01, "method": "attribution"}}}
+    assert [t["name"] for t in info["tasks"]] == ["induction", "ioi"] and info["tasks"][0]["baseline"] == 3.5
+    assert info["ablation"] == "mean" and info["exact_top"] == 8 and "mean-ablated" in info["note"]
+    assert info["skipped"] == {"succession": "no ordinal sequence tokenises"}
+    with pytest.raises(hz.NonFiniteError, match="'induction' importance of head L0H1"):
+        _atlas._importance_summary(_fake_importance(effect=float("nan")))
+    with pytest.raises(hz.InvalidOptionError, match="method 'guess'"):
+        _atlas._importance_summary(_fake_importance(method="guess"))
+
+
+def test_importance_reaches_the_cards_and_the_page(demo_atlas, tmp_path):
+    effects, info = _atlas._importance_summary(_fake_importance())
+    heads = [dict(h, importance=effects.get((h["layer"], h["head"]), {})) for h in demo_atlas.heads]
+    atlas = _atlas.HeadAtlas(demo_atlas.scores, heads, demo_atlas.example_tokens, demo_atlas.example_patterns,
+                             dict(demo_atlas.meta, importance=info), demo_atlas.examples)
+    payload = hz.HeadAtlas.load(atlas.save(tmp_path / "a.parquet"))._payload()
+    card = next(h for h in payload.heads if (h.layer, h.head) == (0, 1))
+    assert card.importance == {"induction": _atlas.PageImportance(0.5, "exact"), "ioi": _atlas.PageImportance(0.02, "attribution")}
+    assert payload.importance.tasks[1] == _atlas.PageTask("ioi", "indirect objects", "loss", 2.0)
+    assert payload.importance.exact_top == 8 and payload.importance.skipped == {"succession": "no ordinal sequence tokenises"}
+    data = json.loads(PAYLOAD.search(atlas.html()).group(1))
+    assert data["heads"][1]["importance"]["induction"] == {"effect": 0.5, "method": "exact"}
+
+
+def test_hostile_strings_in_corpus_contexts_are_inert(demo_atlas):
+    frame = demo_atlas.examples.to_frame()
+    frame["context"] = json.dumps(HOSTILE, ensure_ascii=False)
+    frame["attended"] = 1
+    frame["attended_token"] = HOSTILE[0]
+    atlas = _atlas.HeadAtlas(demo_atlas.scores, demo_atlas.heads, demo_atlas.example_tokens, demo_atlas.example_patterns,
+                             demo_atlas.meta, hz.HeadExamples(frame, demo_atlas.examples.meta))
+    page = atlas.html()
+    for word in HOSTILE:
+        if any(c in word for c in "<>&"):
+            assert word not in page, word
+    data = json.loads(PAYLOAD.search(page).group(1))
+    assert data["heads"][0]["examples"][0]["context"] == HOSTILE and data["heads"][0]["examples"][0]["attended_token"] == HOSTILE[0]
+
+
+# -- a GPT-2-shaped model named "gpt2": the literature's labels, and the page's size -----------
+
+
+@pytest.fixture(scope="module")
+def gpt2_atlas():
+    from _gpt2 import gpt2_shaped_model
+
+    model = gpt2_shaped_model(model_name="gpt2", n_layers=12, n_heads=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hz.build_atlas(model, ["previous_token", "induction", "duplicate_token"], importance=False, progress=False)
+
+
+def test_literature_on_the_cards_and_the_agreement_table(gpt2_atlas):
+    published = hz.published_heads("gpt2")
+    payload = gpt2_atlas._payload()
+    cards = {(h.layer, h.head): h for h in payload.heads}
+    for layer, head, paper_label, citation in zip(published["layer"], published["head"], published["paper_label"],
+                                                 published["citation"]):
+        assert _atlas.PageLiterature in {type(x) for x in cards[(layer, head)].literature}
+        assert (paper_label, citation) in {(x.paper_label, x.citation) for x in cards[(layer, head)].literature}
+    assert sum(len(h.literature) for h in payload.heads) == len(published)
+    assert cards[(10, 7)].literature[0].label in {"negative_name_mover", "copy_suppression"}
+    named = {(int(a), int(b)) for a, b in zip(published["layer"], published["head"])}
+    assert all(h.literature == () for key, h in cards.items() if key not in named)
+
+    expected = hz.literature_agreement(gpt2_atlas.scores, "gpt2")
+    agreement = payload.agreement
+    assert agreement.model == "gpt2" and "pretrained weights" in agreement.note and "not expected to agree" in agreement.note
+    assert len(agreement.rows) == len(expected)
+    for row, (_, want) in zip(agreement.rows, expected.iterrows(), strict=True):
+        assert (row.layer, row.head, row.label, row.paper_label, row.citation, row.verified, row.headzoo_labels) == (
+            want["layer"], want["head"], want["label"], want["paper_label"], want["citation"], want["verified"],
+            want["headzoo_labels"])
+        assert row.headzoo_score == (None if pd.isna(want["headzoo_score"]) else pytest.approx(want["headzoo_score"]))
+        assert row.threshold == (None if pd.isna(want["threshold"]) else want["threshold"])
+        assert row.agrees == (None if pd.isna(want["agrees"]) else bool(want["agrees"]))
+    assert any(r.headzoo_score is not None for r in agreement.rows)  # the detectors that ran are scored
+    assert "literature" not in gpt2_atlas.meta["skipped"]
+
+
+def test_gpt2_sized_page_with_examples_stays_under_2_mb(gpt2_atlas):
+    page = gpt2_atlas.html()
+    size = len(page.encode("utf-8"))
+    print(f"GPT-2-shaped 12 x 12 atlas page with examples: {size / 1e6:.2f} MB")
+    assert all(h.examples for h in gpt2_atlas._payload().heads)
+    assert size <= 2_000_000
+
+
+def test_a_model_named_like_a_catalogued_one_but_smaller_gets_no_literature():
+    from _gpt2 import gpt2_shaped_model
+
+    model = gpt2_shaped_model(model_name="gpt2", n_layers=2, n_heads=4)
+    atlas = hz.build_atlas(model, "previous_token", examples=False, importance=False)
+    assert atlas.meta.get("agreement") is None and all(h["literature"] == [] for h in atlas.heads)
+    assert "2 layers x 4 heads" in atlas.meta["skipped"]["literature"]

@@ -166,3 +166,54 @@ def test_the_real_process_prints_no_traceback():
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("headzoo: error: device='cuda:nonsense' is not a torch device")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+# --- atlas --corpus, --no-examples, --no-importance -----------------------------------------
+
+class _Built:
+    """Stands in for a HeadAtlas where only the command line's handling is tested."""
+
+    def write(self, directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "index.html").write_text("<html></html>")
+        return Path(directory)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({"layer": [0], "head": [1], "labels": ["induction"]})
+
+
+def test_atlas_corpus_and_switches_are_passed_through(capsys, tmp_path, monkeypatch):
+    import headzoo as hz
+
+    calls = []
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("Some text the heads will be shown on.")
+    monkeypatch.setattr(hz, "load_model", lambda *args, **kwargs: object())
+    monkeypatch.setattr(hz, "build_atlas", lambda model, detectors, **kw: calls.append(kw) or _Built())
+    assert main(["atlas", "--out", str(tmp_path / "a"), "--corpus", str(corpus)]) == 0
+    assert calls[-1]["corpus"] == str(corpus) and calls[-1]["examples"] is True and calls[-1]["importance"] is True
+    assert main(["atlas", "--out", str(tmp_path / "b"), "--no-examples", "--no-importance"]) == 0
+    assert calls[-1]["corpus"] is None and calls[-1]["examples"] is False and calls[-1]["importance"] is False
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_atlas_corpus_that_does_not_exist(capsys, tmp_path, no_model):
+    assert main(["atlas", "--out", str(tmp_path / "a"), "--corpus", str(tmp_path / "missing.txt")]) == 2
+    err = _one_error_line(capsys)
+    assert "--corpus" in err and "missing.txt: no such file or folder" in err
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("text")
+    assert main(["atlas", "--out", str(tmp_path / "a"), "--corpus", str(corpus), "--no-examples"]) == 2
+    assert "drop --no-examples or --corpus" in _one_error_line(capsys)
+
+
+def test_atlas_corpus_that_cannot_be_read_is_one_line(capsys, tmp_path):
+    empty = tmp_path / "no_text_here"
+    empty.mkdir()
+    assert main(["atlas", "planted-demo", "--out", str(tmp_path / "a"), "--corpus", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in err)
+    assert err[-1].startswith("headzoo: error: head_examples: the folder") and "no *.txt file" in err[-1], err
+    assert not (tmp_path / "a" / "index.html").exists()

@@ -11,6 +11,12 @@ atomically.
 The page is package data (``headzoo/_data/atlas/``: ``index.html``, ``atlas.css``, ``atlas.js``):
 the CSS and JavaScript are inlined into the template and the data goes in as the JSON of one
 typed :class:`AtlasPayload`, escaped by :func:`json_for_script` (the only JSON-in-HTML escaper).
+
+Each card also explains its head with evidence from outside the probes: the contexts of a corpus
+where it is most active (:func:`hz.head_examples`, after Anthropic's HeadVis; the full table is
+written as ``examples.parquet``), the loss increase when it is ablated on a battery of tasks
+(:func:`hz.head_importance`), and what the papers called it (:func:`hz.published_heads`), with
+the page's table of published labels against headzoo's (:func:`hz.literature_agreement`).
 """
 
 from __future__ import annotations
@@ -36,22 +42,31 @@ import torch
 from headzoo._detector import STAGES, Detector, PatternDetector
 from headzoo._errors import (
     DetectorNotApplicableError,
+    HeadzooError,
     InvalidOptionError,
     InvalidTokensError,
+    MissingHooksError,
     NonFiniteError,
     UnsupportedModelError,
 )
+from headzoo._examples import HeadExamples, head_examples
 from headzoo._fingerprint import weights_fingerprint
-from headzoo._io import Payload, Result, normalise, write_atomic
+from headzoo._io import Payload, Result, normalise, positive_int, write_atomic
+from headzoo._literature import literature_agreement, published_heads
 from headzoo._models import ModelInfo, library_versions, model_info
 from headzoo._probes import RepeatedTokens
 from headzoo._results import HeadScores
 from headzoo._runner import read_patterns, run_detectors, select_detectors
-from headzoo._tokens import as_prompts, token_strings
+from headzoo._tokens import as_prompts, check_bool, token_strings
 
 __all__ = ["build_atlas", "HeadAtlas"]
 
 _FORMAT = "headzoo.HeadAtlas/1"
+_EXAMPLES_TABLE = "atlas/examples"  # the saved atlas's side table of corpus examples
+_PAGE_CONTEXT = 16  # tokens of a corpus context on the page (examples.parquet keeps all 24)
+#: what the examples' two activations are, in the page's words
+_ACTIVATION_WORDS = {"attention": "max attention from the query to a non-BOS key",
+                     "output_norm": "norm of the head's output at the query"}
 _TOP_KEYS = 5
 _TOP_OV = 5
 _OV_SOURCES = 64
@@ -68,7 +83,8 @@ def json_for_script(value: Any) -> str:
             the message says where.
     """
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        # no spaces after separators: a 12 x 12 atlas with examples is ~10% smaller
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError:
         found = _first_non_finite(value)
         if found is None:
@@ -140,6 +156,7 @@ class PageDetector:
     variant: str | None
     reference: str | None
     stage: str | None
+    description: str = ""  # the registry's one line on what a high score means
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,6 +235,46 @@ class PageMod10:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PageHeadExample:
+    """A context of the corpus where the head is active (a row of :class:`hz.HeadExamples`).
+
+    ``context`` holds token strings ending at the query (the last one); ``attended`` indexes the
+    attended key in ``context`` (``None`` when it is the BOS or lies before the context shown);
+    ``kind`` is ``"top"`` (``rank`` 1 = strongest) or ``"decile"`` (``decile`` 1-10, lowest first).
+    """
+
+    activation: str
+    kind: str
+    rank: int
+    decile: int | None
+    value: float
+    context: tuple[str, ...]
+    attended: int | None
+    attended_token: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageImportance:
+    """The effect of ablating the head on one task (loss increase); ``method`` is ``"exact"``
+    (measured by ablation) or ``"attribution"`` (attribution patching's estimate)."""
+
+    effect: float
+    method: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageLiterature:
+    """What a paper called this head: ``label`` is the headzoo detector for that role
+    (``"none"`` when none measures it), ``paper_label`` the paper's own name for it."""
+
+    label: str
+    paper_label: str
+    citation: str
+    verified: bool
+    note: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PageHead:
     """One head's card."""
 
@@ -232,6 +289,9 @@ class PageHead:
     reads_from: tuple[PageEdge, ...]
     writes_to: tuple[PageEdge, ...]
     successor: PageSuccessor | None = None
+    examples: tuple[PageHeadExample, ...] = ()
+    importance: Mapping[str, PageImportance] = dataclasses.field(default_factory=dict)
+    literature: tuple[PageLiterature, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,6 +305,66 @@ class PageExample:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PageExamplesInfo:
+    """Where the cards' contexts come from: ``corpus`` in words, the tokens read, ``k`` top
+    contexts per activation, and what each activation is."""
+
+    corpus: str
+    n_tokens: int
+    k: int
+    activations: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageTask:
+    """One task of the importance battery: ``baseline`` is the clean model's mean ``metric``."""
+
+    name: str
+    description: str
+    metric: str
+    baseline: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageImportanceInfo:
+    """How importance was measured: the tasks, the ablation, how many top heads per task were
+    ablated exactly (the rest are attribution estimates), and the tasks skipped, with why."""
+
+    tasks: tuple[PageTask, ...]
+    ablation: str
+    exact_top: int
+    note: str | None
+    skipped: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageAgreementRow:
+    """A catalogued head beside headzoo's score for the detector of its published role:
+    ``agrees`` is ``score >= threshold`` (``None`` where either is missing)."""
+
+    layer: int
+    head: int
+    label: str
+    paper_label: str
+    citation: str
+    verified: bool
+    headzoo_score: float | None
+    threshold: float | None
+    agrees: bool | None
+    headzoo_labels: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageAgreement:
+    """The literature's labels for this model's heads against headzoo's (``model`` is the
+    catalogued name it was matched to)."""
+
+    model: str
+    note: str
+    rows: tuple[PageAgreementRow, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PageMeta:
     """Provenance shown in the header (and kept with the data)."""
 
@@ -254,6 +374,7 @@ class PageMeta:
     weights_fingerprint: str | None
     skipped_detectors: Mapping[str, str]
     composition_note: str | None = None  # why cards list no composition partners, when they cannot
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)  # part ("examples", ...) -> why it is absent
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,14 +391,19 @@ class AtlasPayload:
     n_layers: int
     n_heads: int
     mod10: PageMod10 | None = None
+    examples: PageExamplesInfo | None = None
+    importance: PageImportanceInfo | None = None
+    agreement: PageAgreement | None = None
+    downloads: tuple[str, ...] = ()  # files written beside index.html that the page links to
 
     def to_json(self) -> str:
         """The payload as JSON that is safe inside ``<script>`` (see :func:`json_for_script`)."""
         return json_for_script(dataclasses.asdict(self))
 
 
-def _page_head(h: Mapping[str, Any]) -> PageHead:
-    """A card from one of ``HeadAtlas.heads``' dicts, checking that every number is finite."""
+def _page_head(h: Mapping[str, Any], examples: tuple[PageHeadExample, ...] = ()) -> PageHead:
+    """A card from one of ``HeadAtlas.heads``' dicts (and the head's corpus contexts, already
+    made by :func:`_page_examples`), checking that every number is finite."""
     name = f"L{h['layer']}H{h['head']}"
     offset = h.get("common_offset")
 
@@ -313,7 +439,107 @@ def _page_head(h: Mapping[str, Any]) -> PageHead:
         reads_from=edges("reads_from"),
         writes_to=edges("writes_to"),
         successor=_page_successor(h.get("successor"), name),
+        examples=examples,
+        importance={
+            str(task): PageImportance(_finite(v["effect"], f"the {task!r} importance of head {name}"), str(v["method"]))
+            for task, v in (h.get("importance") or {}).items()  # atlases saved before importance have none
+        },
+        literature=tuple(
+            PageLiterature(str(r["label"]), str(r["paper_label"]), str(r["citation"]), bool(r["verified"]), str(r["note"]))
+            for r in h.get("literature", ())
+        ),
     )
+
+
+def _sig(value: float, what: str) -> float:
+    """``value`` to 4 significant digits (the page shows no more; the files keep every digit)."""
+    return float(f"{_finite(value, what):.4g}")
+
+
+def _page_examples(examples: Any, deciles: bool = True) -> dict[tuple[int, int], tuple[PageHeadExample, ...]]:
+    """Every head's examples for its card, in :class:`hz.HeadExamples` order (per activation:
+    top first, then the deciles), with the context cut to its last ``_PAGE_CONTEXT`` tokens and
+    values to 4 significant digits so a 12 x 12 page stays small; ``examples.parquet`` keeps
+    everything. ``deciles=False`` leaves the decile sample off the page."""
+    frame = examples.to_frame()
+    if not deciles:
+        frame = frame[frame["kind"] == "top"]
+    out: dict[tuple[int, int], list[PageHeadExample]] = {}
+    for layer, head, act, kind, rank, decile, value, context, attended, token in zip(
+        frame["layer"], frame["head"], frame["activation"], frame["kind"], frame["rank"], frame["decile"],
+        frame["value"], frame["context"], frame["attended"], frame["attended_token"], strict=True,
+    ):
+        tokens = json.loads(context)
+        cut = max(0, len(tokens) - _PAGE_CONTEXT)
+        at = None if attended is pd.NA or attended is None else int(attended) - cut
+        out.setdefault((int(layer), int(head)), []).append(PageHeadExample(
+            activation=str(act), kind=str(kind), rank=int(rank),
+            decile=None if decile is pd.NA or decile is None else int(decile),
+            value=_sig(value, f"the {act} of head L{layer}H{head} on a corpus context"),
+            context=tuple(str(t) for t in tokens[cut:]),
+            attended=at if at is not None and at >= 0 else None,
+            attended_token=str(token),
+        ))
+    return {key: tuple(rows) for key, rows in out.items()}
+
+
+def _corpus_words(source: str) -> str:
+    """How the page names a corpus (``HeadExamples.meta["corpus"]["source"]``)."""
+    return {"shipped": "headzoo's shipped text", "strings": "a list of strings given in Python",
+            "dataset": "a datasets.Dataset given in Python"}.get(source, source)
+
+
+def _description(name: str, meta: Mapping[str, Any]) -> str:
+    """A detector's one-line description: as recorded when the atlas was built, else the
+    registry's (an atlas saved before descriptions were recorded), else ``""`` (a plugin
+    detector that is not installed here)."""
+    recorded = meta.get("descriptions", {}).get(name)
+    if isinstance(recorded, str):
+        return recorded
+    from headzoo._registry import detector_class
+
+    try:
+        return str(detector_class(name).description)
+    except HeadzooError:
+        return ""
+
+
+def _page_examples_info(examples: HeadExamples | None) -> PageExamplesInfo | None:
+    if examples is None:
+        return None
+    meta = examples.meta
+    corpus = meta.get("corpus", {})
+    return PageExamplesInfo(corpus=_corpus_words(str(corpus.get("source", "?"))), n_tokens=int(corpus.get("n_tokens", 0)),
+                            k=int(meta.get("k", 0)), activations=dict(_ACTIVATION_WORDS))
+
+
+def _page_importance_info(info: Mapping[str, Any] | None) -> PageImportanceInfo | None:
+    if not info:
+        return None
+    return PageImportanceInfo(
+        tasks=tuple(PageTask(str(t["name"]), str(t["description"]), str(t["metric"]),
+                             _finite(t["baseline"], f"the clean baseline of importance task {t['name']!r}"))
+                    for t in info["tasks"]),
+        ablation=str(info["ablation"]), exact_top=int(info["exact_top"]),
+        note=None if info.get("note") is None else str(info["note"]),
+        skipped={str(k): str(v) for k, v in info.get("skipped", {}).items()},
+    )
+
+
+def _page_agreement(agreement: Mapping[str, Any] | None) -> PageAgreement | None:
+    if not agreement:
+        return None
+    rows = []
+    for r in agreement["rows"]:
+        where = f"head {r['layer']}.{r['head']} of the agreement table"
+        rows.append(PageAgreementRow(
+            layer=int(r["layer"]), head=int(r["head"]), label=str(r["label"]), paper_label=str(r["paper_label"]),
+            citation=str(r["citation"]), verified=bool(r["verified"]),
+            headzoo_score=None if r["headzoo_score"] is None else _finite(r["headzoo_score"], f"the score of {where}"),
+            threshold=None if r["threshold"] is None else _finite(r["threshold"], f"the threshold of {where}"),
+            agrees=None if r["agrees"] is None else bool(r["agrees"]), headzoo_labels=str(r["headzoo_labels"]),
+        ))
+    return PageAgreement(model=str(agreement["model"]), note=str(agreement["note"]), rows=tuple(rows))
 
 
 def _page_successor(s: Mapping[str, Any] | None, name: str) -> PageSuccessor | None:
@@ -558,19 +784,27 @@ class HeadAtlas(Result):
         example_tokens: the example prompt's token strings.
         example_patterns: ``[layer, head, query, key]`` attention on the example (uint8, /255).
         meta: model name and config hash, the weights' fingerprint, versions, detector
-            options, probe seeds, date.
+            options, probe seeds, date; ``importance`` and ``agreement`` (what the page's
+            importance and literature sections show) and ``skipped`` (part -> why it is absent).
+        examples: the :class:`hz.HeadExamples` the cards' corpus contexts come from (``None``
+            when not computed; ``write()`` saves it as ``examples.parquet``).
+
+    Each head's dict also holds ``importance`` (task -> ``{effect, method}``; empty when not
+    computed) and ``literature`` (what papers called the head; empty when the model is not
+    catalogued).
     """
 
-    __slots__ = ("scores", "heads", "example_tokens", "example_patterns", "meta")
+    __slots__ = ("scores", "heads", "example_tokens", "example_patterns", "meta", "examples")
     _FORMAT = "HeadAtlas"
 
     def __init__(self, scores: HeadScores, heads: list[dict[str, Any]], example_tokens: list[str],
-                 example_patterns: np.ndarray, meta: dict[str, Any]) -> None:
+                 example_patterns: np.ndarray, meta: dict[str, Any], examples: HeadExamples | None = None) -> None:
         self.scores = scores
         self.heads = heads
         self.example_tokens = example_tokens
         self.example_patterns = example_patterns
         self.meta = normalise(meta)
+        self.examples = examples
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, labels`` and every detector's score as a column."""
@@ -603,8 +837,10 @@ class HeadAtlas(Result):
                 name=name,
                 threshold=None if threshold is None else _finite(threshold, f"the threshold of detector {name!r}"),
                 kind=d.get("kind"), variant=d.get("variant"), reference=d.get("reference"), stage=d.get("stage"),
+                description=_description(name, self.meta),
             ))
         patterns = self.example_patterns
+        examples = _page_examples(self.examples) if self.examples is not None else {}
         return AtlasPayload(
             model=PageModel(
                 name=str(model.get("name", "model")), model_class=str(model.get("model_class", "")),
@@ -613,7 +849,7 @@ class HeadAtlas(Result):
             ),
             detectors=tuple(detectors),
             scores={name: _score_rows(self.scores, name) for name in self.scores.detectors},
-            heads=tuple(_page_head(h) for h in self.heads),
+            heads=tuple(_page_head(h, examples.get((int(h["layer"]), int(h["head"])), ())) for h in self.heads),
             example=PageExample(
                 tokens=tuple(str(t) for t in self.example_tokens),
                 patterns=base64.b64encode(patterns.tobytes()).decode("ascii"),
@@ -626,11 +862,20 @@ class HeadAtlas(Result):
                 skipped_detectors=dict(self.meta.get("skipped_detectors", {})),
                 composition_note=self.meta.get("composition", {}).get("note")
                 if "composition" in self.meta else "composition scores were not computed for this atlas",
+                skipped={str(k): str(v) for k, v in self.meta.get("skipped", {}).items()},
             ),
             n_layers=n_layers,
             n_heads=n_heads,
             mod10=_page_mod10(self.meta.get("mod10")),
+            examples=_page_examples_info(self.examples),
+            importance=_page_importance_info(self.meta.get("importance")),
+            agreement=_page_agreement(self.meta.get("agreement")),
+            downloads=tuple(self._files()),
         )
+
+    def _files(self) -> list[str]:
+        """The data files :meth:`write` puts beside ``index.html``."""
+        return ["scores.parquet", "meta.json"] + (["examples.parquet"] if self.examples is not None else [])
 
     def html(self) -> str:
         """The page: one self-contained HTML file (its CSS, script and data inlined; no library,
@@ -642,7 +887,8 @@ class HeadAtlas(Result):
         return _render_page(f"headzoo atlas: {self.meta['model'].get('name', 'model')}", self._payload())
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``index.html``, ``scores.parquet`` and ``meta.json`` to ``directory``.
+        """Write ``index.html``, ``scores.parquet``, ``meta.json`` and, when the atlas read a
+        corpus, ``examples.parquet`` to ``directory``.
 
         The page needs nothing beside it; an ``assets/`` folder left by an older atlas in the
         same directory is left alone (the page no longer reads it).
@@ -660,21 +906,33 @@ class HeadAtlas(Result):
         out.mkdir(parents=True, exist_ok=True)
         self.scores.save(out / "scores.parquet")
         write_atomic(out / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
+        if self.examples is not None:
+            self.examples.save(out / "examples.parquet")
         write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
         return out
 
     def _to_payload(self) -> Payload:
         # the scores' own payload, with the atlas's per-head records and example beside it
+        # (and the corpus examples, when computed, as one more side table)
         inner = self.scores._to_payload()
-        return Payload(inner.frame, self.meta, tables=inner.tables,
-                       arrays={"example_patterns": self.example_patterns},
-                       records={"scores_meta": inner.meta, "heads": self.heads, "example_tokens": self.example_tokens})
+        tables = dict(inner.tables)
+        records = {"scores_meta": inner.meta, "heads": self.heads, "example_tokens": self.example_tokens}
+        if self.examples is not None:
+            ex = self.examples._to_payload()
+            tables[_EXAMPLES_TABLE] = ex.frame
+            records["examples_meta"] = ex.meta
+        return Payload(inner.frame, self.meta, tables=tables, arrays={"example_patterns": self.example_patterns},
+                       records=records)
 
     @classmethod
     def _from_payload(cls, payload: Payload) -> HeadAtlas:
-        scores = HeadScores._from_payload(Payload(payload.frame, payload.records["scores_meta"], tables=payload.tables))
+        tables = {k: v for k, v in payload.tables.items() if k != _EXAMPLES_TABLE}
+        scores = HeadScores._from_payload(Payload(payload.frame, payload.records["scores_meta"], tables=tables))
+        examples = None  # files written before the atlas had corpus examples have none
+        if _EXAMPLES_TABLE in payload.tables:
+            examples = HeadExamples._from_payload(Payload(payload.tables[_EXAMPLES_TABLE], payload.records["examples_meta"]))
         return cls(scores, list(payload.records["heads"]), list(payload.records["example_tokens"]),
-                   payload.arrays["example_patterns"], payload.meta)
+                   payload.arrays["example_patterns"], payload.meta, examples)
 
     def __repr__(self) -> str:
         n_layers, n_heads = self.scores.shape
@@ -717,6 +975,11 @@ def build_atlas(
     ov_sources: int = _OV_SOURCES,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    corpus: Any = None,
+    examples: bool = True,
+    examples_k: int = 5,
+    importance: bool = True,
+    literature: bool = True,
     **options: Any,
 ) -> HeadAtlas:
     """Score every head with every detector and gather what the atlas page shows.
@@ -732,6 +995,19 @@ def build_atlas(
             resumes without recomputing them (the command line uses ``DIR/.partial``). An
             entry is reused only for the same weights (:func:`weights_fingerprint`), the same
             architecture, detector options and seed.
+        corpus: the text each card's contexts come from (:func:`hz.head_examples`): ``None``
+            (the text shipped with headzoo), a text file, a folder of ``*.txt``, a dataset saved
+            with ``save_to_disk``, a list of strings or a ``datasets.Dataset``.
+        examples: gather the contexts where each head is most active (and a decile sample).
+            Without a tokenizer and with ``corpus=None`` they are skipped, and
+            ``meta["skipped"]["examples"]`` says why.
+        examples_k: top contexts kept per head and activation.
+        importance: measure each head's effect on the task battery headzoo builds for the
+            model's tokenizer (:func:`hz.head_importance`: mean ablation, exact for the top
+            heads of each task, attribution patching's estimate for the rest). When no task
+            applies, ``meta["skipped"]["importance"]`` says why.
+        literature: when the model's name is catalogued (:func:`hz.published_heads`), say on
+            each card what the papers called the head and set their labels beside headzoo's.
         **options: passed to :func:`hz.detect` (probe and detector options).
 
     Returns:
@@ -740,9 +1016,31 @@ def build_atlas(
     Raises:
         NonFiniteError: a score, attention pattern, OV logit or option is NaN or infinite (the
             message names the detector or head and the field).
+        InvalidOptionError: a bad ``corpus`` (unreadable, empty, wrong type) or ``examples_k``,
+            or ``examples`` / ``importance`` / ``literature`` not a bool.
+        UnsupportedTokenizerError: a ``corpus`` was given but the model has no tokenizer.
     """
+    examples = check_bool(examples, "examples")
+    importance = check_bool(importance, "importance")
+    literature = check_bool(literature, "literature")
+    examples_k = positive_int("examples_k", examples_k)
     info = model_info(model)
     selected = select_detectors(detectors, dict(options, seed=seed))
+    # The corpus is read first: a path that cannot be read fails in seconds, not after every detector.
+    parts_skipped: dict[str, str] = {}
+    corpus_examples = None
+    if not examples:
+        parts_skipped["examples"] = "not asked for (examples=False; on the command line --no-examples)"
+    elif corpus is None and getattr(model, "tokenizer", None) is None:
+        parts_skipped["examples"] = ("the model has no tokenizer to read text with; load it with its tokenizer "
+                                     "to see each head's contexts on text")
+    else:  # a corpus the user gave that cannot be read raises its own typed error
+        try:
+            corpus_examples = head_examples(model, corpus, k=examples_k, seed=seed, progress=progress)
+        except MissingHooksError as exc:  # a model without hook_z: the rest of the atlas still stands
+            if corpus is not None:
+                raise
+            parts_skipped["examples"] = str(exc)
     explicit = detectors is not None
     cache = Path(cache_dir) if cache_dir is not None else None
     parts: list[HeadScores] = []
@@ -793,6 +1091,25 @@ def build_atlas(
     composition, composition_meta = _composition_summary(model, seed)
     labels = scores.labels()
     successor_cards, mod10 = _successor_cards(scores)
+    effects: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    importance_info = None
+    if not importance:
+        parts_skipped["importance"] = "not asked for (importance=False; on the command line --no-importance)"
+    else:
+        from headzoo._importance import head_importance
+
+        try:
+            effects, importance_info = _importance_summary(head_importance(model, seed=seed, progress=progress))
+        except DetectorNotApplicableError as exc:  # no task of the battery applies to this model
+            parts_skipped["importance"] = str(exc)
+    papers: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    agreement = None
+    if literature:
+        papers, agreement, why = _literature(scores, info)
+        if why is not None:
+            parts_skipped["literature"] = why
+    else:
+        parts_skipped["literature"] = "not asked for (literature=False)"
     heads = []
     for layer in range(info.n_layers):
         for head in range(info.n_heads):
@@ -803,6 +1120,8 @@ def build_atlas(
                 **ov.get((layer, head), {"promotes": [], "suppresses": []}),
                 **composition.get((layer, head), {"reads_from": [], "writes_to": []}),
                 **({"successor": successor_cards[(layer, head)]} if (layer, head) in successor_cards else {}),
+                "importance": effects.get((layer, head), {}),
+                "literature": papers.get((layer, head), []),
             })
     meta = {
         "format": _FORMAT,
@@ -817,17 +1136,104 @@ def build_atlas(
         "ov": {"n_sources": ov_sources, "seed": seed, "embedding": "mlp0", "note": ov_note},
         "composition": composition_meta,
         **({"mod10": mod10} if mod10 else {}),
+        "descriptions": {d.name: str(d.description) for d in selected if d.name in scores.detectors},
+        **({"importance": importance_info} if importance_info is not None else {}),
+        **({"agreement": agreement} if agreement is not None else {}),
+        "skipped": parts_skipped,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     skipped.update(scores.meta.get("skipped_detectors", {}))
     if skipped:
         meta["skipped_detectors"] = skipped
     quantised = np.clip(np.rint(patterns * 255), 0, 255).astype(np.uint8)
-    atlas = HeadAtlas(scores, heads, strings, quantised, meta)
+    atlas = HeadAtlas(scores, heads, strings, quantised, meta, corpus_examples)
     # A NaN or infinity fails here, naming where it is, not later as a JSON error in write().
     _meta_json(atlas.meta)
     atlas._payload()
     return atlas
+
+
+_METHODS = ("exact", "attribution")
+
+
+def _importance_summary(imp: Any) -> tuple[dict[tuple[int, int], dict[str, dict[str, Any]]], dict[str, Any]]:
+    """What the atlas keeps of a :class:`hz.HeadImportance`: per head, task -> ``{effect,
+    method}``, and the page's description of the measurement (tasks with their clean
+    baselines, the ablation, how many heads per task were ablated exactly, the tasks skipped).
+
+    Raises:
+        NonFiniteError: an effect or a baseline is NaN or infinite (names the head and task).
+        InvalidOptionError: a row's method is neither ``"exact"`` nor ``"attribution"``, or a
+            row's task is not among ``imp.meta["tasks"]`` (the result is malformed).
+    """
+    frame = imp.to_frame()
+    meta = imp.meta
+    tasks = meta["tasks"]
+    effects: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
+    for task, layer, head, effect, method in zip(frame["task"], frame["layer"], frame["head"], frame["effect"],
+                                                 frame["method"], strict=True):
+        if method not in _METHODS:
+            raise InvalidOptionError(f"head_importance gave method {method!r} for head L{layer}H{head} on task "
+                                     f"{task!r}; the atlas knows {list(_METHODS)}")
+        if task not in tasks:
+            raise InvalidOptionError(f"head_importance gave a row for task {task!r}, which its meta['tasks'] "
+                                     f"({sorted(tasks)}) does not describe")
+        effects.setdefault((int(layer), int(head)), {})[str(task)] = {
+            "effect": _finite(effect, f"the {task!r} importance of head L{layer}H{head}"), "method": str(method)}
+    exact_top = int(meta["exact_top"])
+    info = {
+        "tasks": [{"name": str(name), "description": str(t["description"]), "metric": str(t["metric"]),
+                   "baseline": _finite(t["baseline"], f"the clean baseline of importance task {name!r}")}
+                  for name, t in tasks.items()],
+        "ablation": str(meta["ablation"]),
+        "exact_top": exact_top,
+        "note": (f"effect: the rise of the task's loss when the head is {meta['ablation']}-ablated; measured "
+                 f"exactly for the {exact_top} heads per task that attribution patching ranks highest, attribution "
+                 "patching's estimate for the rest"),
+        "skipped": {str(k): str(v) for k, v in meta.get("skipped", {}).items()},
+    }
+    return effects, info
+
+
+_AGREEMENT_NOTE = ("Published labels are for the pretrained weights; a model with other weights under the same "
+                   "name is not expected to agree. 'agrees' is headzoo's score for the published role against that "
+                   "detector's threshold (empty where the role has no detector or it was not run).")
+
+
+def _literature(scores: HeadScores, info: ModelInfo) -> tuple[dict[tuple[int, int], list[dict[str, Any]]],
+                                                             dict[str, Any] | None, str | None]:
+    """What the papers called each head of a catalogued model (:func:`hz.published_heads`) and
+    the agreement table (:func:`hz.literature_agreement`); ``({}, None, why)`` when the model is
+    not catalogued or its shape cannot be the catalogued model's."""
+    rows = published_heads(info.name)
+    if rows.empty:
+        return {}, None, f"the literature catalogue has no head of a model named {info.name!r}"
+    try:
+        table = literature_agreement(scores, info.name)
+    except InvalidOptionError as exc:  # named like a catalogued model, but another shape
+        return {}, None, str(exc)
+    cards: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for layer, head, label, paper, citation, verified, note in zip(
+        rows["layer"], rows["head"], rows["label"], rows["paper_label"], rows["citation"], rows["verified"], rows["note"],
+        strict=True,
+    ):
+        cards.setdefault((int(layer), int(head)), []).append(
+            {"label": str(label), "paper_label": str(paper), "citation": str(citation), "verified": bool(verified),
+             "note": str(note)})
+
+    def number(x: Any) -> float | None:  # NaN (no score, no threshold) is JSON null
+        return None if pd.isna(x) else float(x)
+
+    agreement = {
+        "model": str(rows["model"].iloc[0]),
+        "note": _AGREEMENT_NOTE,
+        "rows": [{"layer": int(r["layer"]), "head": int(r["head"]), "label": str(r["label"]),
+                  "paper_label": str(r["paper_label"]), "citation": str(r["citation"]), "verified": bool(r["verified"]),
+                  "headzoo_score": number(r["headzoo_score"]), "threshold": number(r["threshold"]),
+                  "agrees": None if pd.isna(r["agrees"]) else bool(r["agrees"]), "headzoo_labels": str(r["headzoo_labels"])}
+                 for r in table.to_dict("records")],
+    }
+    return cards, agreement, None
 
 
 def _by_stage(names: list[str], detector_meta: Mapping[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``headzoo atlas [MODEL] --out DIR``, ``headzoo detect [MODEL]``, ``headzoo list``.
+"""Command line: ``headzoo atlas [MODEL] --out DIR [--corpus PATH]``, ``headzoo detect [MODEL]``, ``headzoo list``.
 
 A user's mistake (a bad argument, an unknown model or detector, a device this machine lacks, an
 output path that is a file or cannot be written) ends with one line ``headzoo: error: ...`` on
@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
     a.add_argument("--dtype", default=None, help="floating-point dtype, e.g. float32 (default), float16 or bfloat16")
     a.add_argument("--seed", type=_non_negative, default=0, help="probe and sample seed")
+    a.add_argument("--corpus", default=None, metavar="PATH",
+                   help="text for each head's top contexts: a UTF-8 text file, a folder of *.txt files, or a dataset "
+                        "saved with datasets' save_to_disk (default: the text shipped with headzoo)")
+    a.add_argument("--no-examples", action="store_true", help="skip each head's contexts on text")
+    a.add_argument("--no-importance", action="store_true", help="skip each head's ablation effect on the task battery")
     d = sub.add_parser("detect", help="score every head of a model and print the top heads per detector")
     d.add_argument("model", nargs="?", default=None, help="bundled model name or Hugging Face id (default: the bundled default model, offline)")
     d.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
@@ -149,6 +154,12 @@ def _atlas(hz: Any, args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_out_folder(out, args.out)
+    if args.corpus is not None:
+        if args.no_examples:
+            raise UsageError("--corpus is read only for the examples; drop --no-examples or --corpus.")
+        if not Path(args.corpus).expanduser().exists():  # before minutes of loading and scoring
+            raise UsageError(f"--corpus {args.corpus}: no such file or folder. Give a UTF-8 text file, a folder of "
+                             "*.txt files or a dataset saved with save_to_disk.")
     partial = out / ".partial"
     start = time.perf_counter()
     print(f"headzoo atlas: loading {args.model or 'the bundled default model'}", file=sys.stderr)
@@ -156,7 +167,8 @@ def _atlas(hz: Any, args: argparse.Namespace) -> int:
     resumed = len(list(partial.glob("*.parquet"))) if partial.exists() else 0
     if resumed:
         print(f"headzoo atlas: resuming, {resumed} finished detector group(s) found in {partial}", file=sys.stderr)
-    atlas = hz.build_atlas(model, args.detectors, seed=args.seed, cache_dir=partial, progress=True)
+    atlas = hz.build_atlas(model, args.detectors, seed=args.seed, cache_dir=partial, progress=True, corpus=args.corpus,
+                           examples=not args.no_examples, importance=not args.no_importance)
     atlas.write(out)
     shutil.rmtree(partial, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
