@@ -39,6 +39,8 @@
   const dets = data.detectors;
   const heads = data.heads;
   const byName = new Map(heads.map(h => [headName(h), h]));
+  // why an optional part (examples, importance, literature) is absent, as the build recorded it
+  const why = (part, fallback) => { const s = (data.meta.skipped || {})[part]; return s ? fallback + ": " + s : fallback + "."; };
   const score = (d, h) => { const rows = data.scores[d]; const row = rows ? rows[h.layer] : null; return row ? row[h.head] : null; };
   const over = (v, thr) => v !== null && v !== undefined && thr !== null && thr !== undefined && v >= thr;
 
@@ -217,7 +219,7 @@
   // -- importance ------------------------------------------------------------------------------
   (function drawImportance() {
     const box = $("importance"); const imp = data.importance;
-    if (!imp) { box.appendChild(muted("Importance was not computed for this atlas (it needs a task battery the model's tokenizer can build; build the atlas with importance to see the effect of ablating each head).")); return; }
+    if (!imp) { box.appendChild(muted(why("importance", "Importance was not computed for this atlas"))); return; }
     box.appendChild(muted("The change in each task's metric when the head is ablated (" + (imp.ablation || "?") + " ablation), ranked by attribution patching; the top " +
       (imp.exact_top === null || imp.exact_top === undefined ? "?" : imp.exact_top) + " heads measured exactly. Red: removing the head helps the task." + (imp.note ? " " + imp.note : "")));
     const skipped = imp.skipped || {};
@@ -248,7 +250,7 @@
   // -- literature agreement --------------------------------------------------------------------
   (function drawAgreement() {
     const box = $("agreement"); const ag = data.agreement;
-    if (!ag) { box.appendChild(muted("No published heads are catalogued for a model named \u201c" + (data.model.name || "model") + "\u201d, so there is nothing to compare with.")); return; }
+    if (!ag) { box.appendChild(muted(why("literature", "No published labels to compare with for a model named \u201c" + (data.model.name || "model") + "\u201d"))); return; }
     if (ag.note) box.appendChild(muted(ag.note));
     if (!ag.rows || !ag.rows.length) { box.appendChild(muted("The catalogue lists no heads of this model.")); return; }
     const wrap = el("div", undefined, "scroll-x"); const t = el("table"); t.id = "agreement-table";
@@ -260,7 +262,7 @@
       tr.appendChild(el("td", r.verified ? "yes" : "no")); tr.appendChild(el("td", r.label));
       tr.appendChild(el("td", fmt(r.headzoo_score))); tr.appendChild(el("td", r.threshold === null || r.threshold === undefined ? "" : String(r.threshold)));
       tr.appendChild(r.agrees === true ? el("td", "yes", "yes") : r.agrees === false ? el("td", "no", "no") : el("td", "\u2014"));
-      tr.appendChild(el("td", (r.headzoo_labels || []).join(", ")));
+      tr.appendChild(el("td", Array.isArray(r.headzoo_labels) ? r.headzoo_labels.join(", ") : (r.headzoo_labels || "")));
       tb.appendChild(tr);
     });
     t.appendChild(tb); wrap.appendChild(t); box.appendChild(wrap);
@@ -281,7 +283,7 @@
       item("text examples", (ex.n_tokens === undefined ? "?" : ex.n_tokens) + " tokens of " + (ex.corpus || "a corpus") + "; top " + ex.k + " contexts per head and activation, and a decile sample");
       const acts = ex.activations || {}; Object.keys(acts).forEach(a => item("activation " + a, acts[a]));
     } else {
-      item("text examples", "none: this atlas was built without a corpus (headzoo atlas --corpus PATH adds them)");
+      item("text examples", (data.meta.skipped || {}).examples || "none in this atlas (headzoo atlas --corpus PATH adds them)");
     }
     box.appendChild(dl);
     const down = $("downloads");
@@ -338,7 +340,7 @@
   }
   function onText(h) {
     const box = $("card-text"); box.replaceChildren();
-    if (!data.examples) { box.appendChild(muted("No text examples: this atlas was built without a corpus (headzoo atlas --corpus PATH adds them).")); return; }
+    if (!data.examples) { box.appendChild(muted(why("examples", "No text examples in this atlas (headzoo atlas --corpus PATH adds them)"))); return; }
     const exs = h.examples || [];
     if (!exs.length) { box.appendChild(muted("No context of the corpus activates this head (it may not have been read).")); return; }
     box.appendChild(muted("Contexts of " + (data.examples.corpus || "the corpus") + " where it is most active; the query token is underlined, the token it attends to most is highlighted."));
@@ -361,7 +363,7 @@
   }
   function importanceCard(h) {
     const box = $("card-importance"); box.replaceChildren();
-    if (!data.importance) { box.appendChild(muted("Importance was not computed for this atlas.")); return; }
+    if (!data.importance) { box.appendChild(muted(why("importance", "Importance was not computed for this atlas"))); return; }
     const imp = h.importance || {}; const tasks = Object.keys(imp);
     if (!tasks.length) { box.appendChild(muted("Not computed for this head (no task of the battery applies).")); return; }
     let hi = 0; heads.forEach(o => Object.values(o.importance || {}).forEach(e => { hi = Math.max(hi, Math.abs(e.effect)); }));
@@ -382,14 +384,14 @@
       const ul = el("ul");
       lit.forEach(x => {
         const li = el("li"); li.appendChild(el("strong", "\u201c" + x.paper_label + "\u201d"));
-        li.appendChild(document.createTextNode(" (" + x.label + ") - " + x.citation + (x.verified ? ", verified" : ", not verified") + (x.note ? ". " + x.note : "")));
+        li.appendChild(document.createTextNode((x.label && x.label !== "none" ? " (headzoo: " + x.label + ")" : "") + " - " + x.citation + (x.verified ? ", verified" : ", not verified") + (x.note ? ". " + x.note : "")));
         ul.appendChild(li);
       });
       p.appendChild(ul); box.appendChild(p);
     } else if (data.agreement) {
       box.appendChild(muted("The papers catalogued for this model do not name this head."));
     } else {
-      box.appendChild(muted("No published heads are catalogued for this model."));
+      box.appendChild(muted(why("literature", "No published heads are catalogued for this model")));
     }
   }
 
