@@ -289,6 +289,9 @@ def test_atlas_page_in_a_browser(browser, request, which):
     _open_card(page, f"L{best['layer']}H{best['head']}")
     page.evaluate("document.querySelectorAll('#card-text details').forEach(d => { d.open = true; })")
     _no_horizontal_overflow(page)
+    # the screenshot shows the card from its importance down (partners, then the text evidence)
+    page.evaluate("""() => { document.activeElement.blur(); const card = document.getElementById('card');
+                             card.scrollTop = document.getElementById('card-importance').offsetTop - 40; }""")
     DOCS.mkdir(exist_ok=True)
     if which == "default":
         page.screenshot(path=str(DOCS / "atlas.png"))

@@ -33,6 +33,8 @@
   const fmt = v => (v === null || v === undefined) ? "" : Number(v).toFixed(3);
   const pct = v => (v === null || v === undefined) ? "" : Math.round(100 * v) + "%";
   const muted = text => el("p", text, "muted");
+  // one "term: value" line of an explanation (a div per pair keeps each on its own line, also as text)
+  const pair = (dl, k, v) => { if (v === null || v === undefined || v === "") return; const d = el("div"); d.appendChild(el("dt", k + ": ")); d.appendChild(el("dd", String(v))); dl.appendChild(d); };
   const shown = s => String(s).replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");  // a newline token stays one visible glyph
 
   const data = JSON.parse($("atlas-data").textContent);
@@ -145,7 +147,7 @@
   function explain(d) {
     const dl = el("dl", undefined, "explain");
     dl.appendChild(d.description ? el("p", d.description, "desc") : el("p", "(no description stored in this atlas)", "desc muted"));
-    const item = (k, v) => { if (v === null || v === undefined || v === "") return; dl.appendChild(el("dt", k + ": ")); dl.appendChild(el("dd", String(v))); };
+    const item = (k, v) => pair(dl, k, v);
     item("threshold", d.threshold === null ? "none (never labels a head)" : d.threshold);
     item("variant", d.variant); item("paper", d.reference); item("stage", stageOf(d)); item("kind", d.kind);
     return dl;
@@ -240,9 +242,7 @@
       const dl = el("dl", undefined, "explain");
       fig.appendChild(mapBody(map, legend(scale, null, t.name + " effect"), dl));
       if (t.description) dl.appendChild(el("p", t.description, "desc"));
-      [["metric", t.metric], ["clean baseline", t.baseline === null || t.baseline === undefined ? null : fmt(t.baseline)]].forEach(kv => {
-        if (kv[1] === null || kv[1] === undefined) return; dl.appendChild(el("dt", kv[0] + ": ")); dl.appendChild(el("dd", String(kv[1])));
-      });
+      pair(dl, "metric", t.metric); pair(dl, "clean baseline", t.baseline === null || t.baseline === undefined ? null : fmt(t.baseline));
       maps.appendChild(fig);
     });
   })();
@@ -272,7 +272,7 @@
   (function drawAbout() {
     const box = $("about"); const m = data.model; const meta = data.meta;
     const dl = el("dl", undefined, "explain");
-    const item = (k, v) => { if (v === null || v === undefined || v === "") return; dl.appendChild(el("dt", k + ": ")); dl.appendChild(el("dd", String(v))); };
+    const item = (k, v) => pair(dl, k, v);
     item("model", (m.name || "model") + (m.model_class ? " (" + m.model_class + ")" : ""));
     item("shape", m.n_layers + " layers, " + m.n_heads + " heads of d_head " + m.d_head + ", d_model " + m.d_model + ", context " + m.n_ctx + ", vocabulary " + m.d_vocab);
     item("weights fingerprint", meta.weights_fingerprint); item("config hash", meta.model_config_hash); item("created", meta.created);
