@@ -30,7 +30,7 @@
   const svgEl = (tag, attrs) => { const e = document.createElementNS(SVG, tag); for (const k in attrs) e.setAttribute(k, attrs[k]); return e; };
   const $ = id => document.getElementById(id);
   const headName = h => "L" + h.layer + "H" + h.head;
-  const fmt = v => (v === null || v === undefined) ? "" : Number(v).toFixed(3);
+  const fmt = v => (v === null || v === undefined) ? "" : Math.abs(v) < 0.0005 ? "0.000" : Number(v).toFixed(3);  // never "-0.000"
   const pct = v => (v === null || v === undefined) ? "" : Math.round(100 * v) + "%";
   const muted = text => el("p", text, "muted");
   // one "term: value" line of an explanation (a div per pair keeps each on its own line, also as text)
@@ -59,7 +59,7 @@
   function scaleFor(values, thr) {
     const vs = values.filter(v => v !== null && v !== undefined && isFinite(v));
     let lo = Math.min(0, ...vs), hi = Math.max(0, ...vs);
-    if (lo >= 0 && hi <= 1) { lo = 0; hi = 1; }
+    if (lo > -5e-4 && hi <= 1) { lo = 0; hi = 1; }  // a share; rounding noise below 0 is not a sign
     if (thr !== null && thr !== undefined) { lo = Math.min(lo, thr); hi = Math.max(hi, thr); }
     if (lo < 0 && hi > 0) { const m = Math.max(-lo, hi); lo = -m; hi = m; }
     if (hi <= lo) hi = lo + 1;
