@@ -31,8 +31,8 @@ def demo_atlas(demo):
 
 def test_atlas_files_and_metadata(demo_atlas, tmp_path):
     out = demo_atlas.write(tmp_path / "atlas")
-    assert sorted(p.name for p in out.iterdir()) == ["assets", "examples.parquet", "index.html", "meta.json", "scores.parquet"]
-    assert sorted(p.name for p in (out / "assets").iterdir()) == ["circuitsvis.js", "plotly.min.js"]
+    # one self-contained page: no assets/ folder beside it
+    assert sorted(p.name for p in out.iterdir()) == ["examples.parquet", "index.html", "meta.json", "scores.parquet"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model"]["name"] == "planted-demo" and len(meta["model_config_hash"]) == 16
     assert {"headzoo", "transformer-lens", "torch"} <= set(meta["versions"])
@@ -42,8 +42,8 @@ def test_atlas_files_and_metadata(demo_atlas, tmp_path):
     loaded = hz.HeadScores.load(out / "scores.parquet")
     pd.testing.assert_frame_equal(loaded.to_frame(), demo_atlas.scores.to_frame())
     page = (out / "index.html").read_text()
-    # every script is local and appears once; nothing is fetched from the network
-    assert re.findall(r'<script src="([^"]+)"', page) == ["assets/plotly.min.js", "assets/circuitsvis.js"]
+    # every script is inline; nothing is fetched, from the network or from disk
+    assert re.findall(r'<script src="([^"]+)"', page) == [] and "<link" not in page
     assert "http://" not in page.split("<script id=\"atlas-data\"")[0] and "https://" not in page.split("<script id=\"atlas-data\"")[0]
     data = json.loads(re.search(r'<script id="atlas-data" type="application/json">(.*?)</script>', page, re.S).group(1))
     assert sorted(d["name"] for d in data["detectors"]) == sorted(demo_atlas.scores.detectors)
@@ -51,6 +51,17 @@ def test_atlas_files_and_metadata(demo_atlas, tmp_path):
     ranks = [hz.STAGES.index(d["stage"]) for d in data["detectors"]]
     assert ranks == sorted(ranks) and all(d["stage"] in hz.STAGES for d in data["detectors"])
     assert len(data["heads"]) == 12 and data["example"]["shape"] == [3, 4, 41, 41]
+
+
+def test_a_stale_assets_folder_is_left_alone(demo_atlas, tmp_path):
+    """An atlas written before the page became one file left assets/ behind: writing over it
+    neither needs nor touches it."""
+    stale = tmp_path / "atlas" / "assets"
+    stale.mkdir(parents=True)
+    (stale / "plotly.min.js").write_text("old")
+    out = demo_atlas.write(tmp_path / "atlas")
+    assert (stale / "plotly.min.js").read_text() == "old"
+    assert "assets/" not in (out / "index.html").read_text()
 
 
 def test_atlas_labels_and_cards(demo_atlas):
@@ -242,7 +253,7 @@ def test_every_string_in_the_page_is_escaped(demo_atlas):
             assert word not in page, word
     data_text = PAYLOAD.search(page).group(1)
     assert "\u2028" not in data_text and "\u2029" not in data_text  # JavaScript line separators stay escaped
-    assert page.count("</script>") == 4 and page.count("<script") == 4  # only the page's own scripts
+    assert page.count("</script>") == 2 and page.count("<script") == 2  # only the page's own: its data and its code
     assert page.count("<!--") == 0
     assert "<title>headzoo atlas: &lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;line" in page
     # a name that looks like a placeholder is text, not a second copy of the script

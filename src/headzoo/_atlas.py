@@ -4,8 +4,9 @@
 records an example attention pattern of every head on a repeated-token probe, the keys each
 head attends to most, the tokens its OV circuit promotes and suppresses, and the heads it
 reads from and writes to most (composition scores above the random baseline). ``atlas.write(dir)``
-writes ``index.html`` (opens from ``file://``, no network: plotly and circuitsvis are copied
-into ``assets/`` once), ``scores.parquet`` and ``meta.json``, each atomically.
+writes ``index.html`` (one self-contained file: it opens from ``file://`` with no network and no
+``assets/`` folder, drawing its heatmaps as SVG), ``scores.parquet`` and ``meta.json``, each
+atomically.
 
 The page is package data (``headzoo/_data/atlas/``: ``index.html``, ``atlas.css``, ``atlas.js``):
 the CSS and JavaScript are inlined into the template and the data goes in as the JSON of one
@@ -30,7 +31,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast, final
@@ -129,7 +129,7 @@ def _finite(value: Any, what: str) -> float:
 
 # -- the page's data, typed ---------------------------------------------------------------
 # Field order is the JSON's key order. Every string reaches the page through to_json(), i.e.
-# through json_for_script, and atlas.js shows it with textContent (plotly labels via esc()).
+# through json_for_script, and atlas.js shows it with textContent or createTextNode only.
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -880,7 +880,8 @@ class HeadAtlas(Result):
         return ["scores.parquet", "meta.json"] + (["examples.parquet"] if self.examples is not None else [])
 
     def html(self) -> str:
-        """The page, referring to ``assets/plotly.min.js`` and ``assets/circuitsvis.js``.
+        """The page: one self-contained HTML file (its CSS, script and data inlined; no library,
+        no ``assets/``, no network).
 
         Raises:
             NonFiniteError: the data holds a NaN or infinity (the message says where).
@@ -888,7 +889,11 @@ class HeadAtlas(Result):
         return _render_page(f"headzoo atlas: {self.meta['model'].get('name', 'model')}", self._payload())
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``index.html``, ``scores.parquet``, ``meta.json`` and ``assets/`` to ``directory``.
+        """Write ``index.html``, ``scores.parquet``, ``meta.json`` and, when the atlas read a
+        corpus, ``examples.parquet`` to ``directory``.
+
+        The page needs nothing beside it; an ``assets/`` folder left by an older atlas in the
+        same directory is left alone (the page no longer reads it).
 
         Every file is written to a temporary name and renamed, so a killed run never leaves a
         half-written file; the page is written last.
@@ -901,12 +906,6 @@ class HeadAtlas(Result):
         page = self.html()
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        assets = out / "assets"
-        assets.mkdir(exist_ok=True)
-        for name, source in _assets().items():
-            target = assets / name
-            if not target.exists() or target.stat().st_size != os.path.getsize(source):
-                write_atomic(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
         self.scores.save(out / "scores.parquet")
         write_atomic(out / "meta.json", lambda tmp: Path(tmp).write_text(meta, encoding="utf-8"))
         if self.examples is not None:
@@ -967,18 +966,6 @@ def _meta_json(meta: dict[str, Any]) -> str:
             "Pass finite option values."
         )
     return json.dumps(meta, indent=1, ensure_ascii=False, allow_nan=False)
-
-
-def _assets() -> dict[str, str]:
-    import circuitsvis
-    import plotly
-
-    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    cv_js = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
-    for path in (plotly_js, cv_js):
-        if not path.exists():
-            raise FileNotFoundError(f"the atlas needs {path}, which this plotly/circuitsvis install lacks")
-    return {"plotly.min.js": str(plotly_js), "circuitsvis.js": str(cv_js)}
 
 
 def build_atlas(
