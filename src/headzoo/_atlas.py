@@ -618,23 +618,30 @@ def _score_rows(scores: HeadScores, name: str) -> tuple[tuple[float | None, ...]
 _PLACEHOLDER = re.compile(r"\{\{headzoo:(title|css|data|js)\}\}")
 
 
-def _render_page(title: str, payload: AtlasPayload) -> str:
-    """The page: the packaged template with its CSS and script inlined and the payload's JSON.
+def render_page(folder: str, files: tuple[str, str, str], title: str, data: str) -> str:
+    """A packaged page: the template ``files[0]`` in ``headzoo/_data/<folder>`` with its CSS
+    (``files[1]``) and script (``files[2]``) inlined, ``title`` escaped and ``data`` (JSON made
+    by :func:`json_for_script`) put in. The atlas and the comparison page are both made here.
 
     Placeholders are filled in one pass, so text put in (a model named ``{{headzoo:js}}``)
     is never read as a placeholder itself.
     """
-    folder = importlib.resources.files("headzoo").joinpath("_data/atlas")
-    template, css, js = (folder.joinpath(n).read_text(encoding="utf-8") for n in ("index.html", "atlas.css", "atlas.js"))
+    package = importlib.resources.files("headzoo").joinpath(f"_data/{folder}")
+    template, css, js = (package.joinpath(n).read_text(encoding="utf-8") for n in files)
     found = sorted(_PLACEHOLDER.findall(template))
     if found != ["css", "data", "js", "title"]:
-        raise RuntimeError(f"headzoo's atlas template is damaged: placeholders {found}; reinstall headzoo")
+        raise RuntimeError(f"headzoo's {files[0]} is damaged: placeholders {found}; reinstall headzoo")
     # Inlined as raw text, so the packaged files must not end their own element early.
-    for name, text, stop in (("atlas.css", css, "</style"), ("atlas.js", js, "</script"), ("atlas.js", js, "<!--")):
+    for name, text, stop in ((files[1], css, "</style"), (files[2], js, "</script"), (files[2], js, "<!--")):
         if stop in text.lower():
             raise RuntimeError(f"headzoo's {name} contains {stop!r} and cannot be inlined; reinstall headzoo")
-    values = {"title": html.escape(title), "css": css, "data": payload.to_json(), "js": js}
+    values = {"title": html.escape(title), "css": css, "data": data, "js": js}
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _render_page(title: str, payload: AtlasPayload) -> str:
+    """The atlas page (:func:`render_page` with the atlas's files and the payload's JSON)."""
+    return render_page("atlas", ("index.html", "atlas.css", "atlas.js"), title, payload.to_json())
 
 
 def _units(selected: list[Detector]) -> list[list[Detector]]:

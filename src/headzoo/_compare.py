@@ -14,11 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import html
-import importlib.resources
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, cast, final
 
@@ -286,7 +284,7 @@ class AtlasComparison(Result):
     def html(self) -> str:
         """``compare.html``: the packaged template with its CSS and script inlined and this
         comparison as JSON; it makes no network request and writes every string as text."""
-        from headzoo._atlas import json_for_script
+        from headzoo._atlas import json_for_script, render_page
 
         corr = self.correlations()
         data = {
@@ -302,15 +300,8 @@ class AtlasComparison(Result):
                       .round(4).to_numpy().tolist()
                       for det in self.detectors},
         }
-        folder = importlib.resources.files("headzoo").joinpath("_data/compare")
-        template, css, js = (folder.joinpath(n).read_text(encoding="utf-8") for n in ("compare.html", "compare.css", "compare.js"))
-        for name, text, stop in (("compare.css", css, "</style"), ("compare.js", js, "</script"), ("compare.js", js, "<!--")):
-            if stop in text.lower():
-                raise RuntimeError(f"headzoo's {name} contains {stop!r} and cannot be inlined; reinstall headzoo")
-        values = {"title": html.escape(f"headzoo: {data['a']} vs {data['b']}"), "css": css,
-                  "data": json_for_script(_plain(data)), "js": js}
-        # one pass, so a model named "{{headzoo:js}}" is never read as a placeholder itself
-        return re.sub(r"\{\{headzoo:(title|css|data|js)\}\}", lambda m: values[m.group(1)], template)
+        return render_page("compare", ("compare.html", "compare.css", "compare.js"),
+                           f"headzoo: {data['a']} vs {data['b']}", json_for_script(_plain(data)))
 
     def write(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``comparison.parquet`` (this result, checksummed), ``correlations.csv`` and
