@@ -75,6 +75,9 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--export-only", action="store_true", help="only write OUT/model/ from the last checkpoint")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this step as if killed (tests the resume)")
+    p.add_argument("--checkpoints", type=int, default=0, metavar="N",
+                   help="also keep N snapshots at log-spaced steps (and step 0) in OUT/checkpoints/step-XXXXXX/, "
+                        "each a headzoo checkpoint folder that hz.load_model and hz.sweep read")
     args = p.parse_args()
     if args.export_only:
         export(Path(args.out), model_config(args.config), args, args.steps or CONFIGS[args.config]["steps"])
@@ -108,6 +111,9 @@ def main() -> None:
         return conf["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
     data = Curriculum(n_ctx=cfg["n_ctx"], seed=args.seed).batches(conf["batch"], start=start)
+    snapshot_steps = log_spaced_steps(steps, args.checkpoints)
+    if 0 in snapshot_steps and start == 0:
+        snapshot(out, model, cfg, args, 0, steps)
     log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start, steps), desc=f"train {args.config}", initial=start, total=steps)
     t0 = time.time()
@@ -136,6 +142,8 @@ def main() -> None:
             torch.save({"optimizer": opt.state_dict(), "step": step + 1,
                         "args": {"config": args.config, "seed": args.seed, "steps": steps}}, ckpt / "state.tmp")
             (ckpt / "state.tmp").replace(ckpt / "state.pt")
+        if step + 1 in snapshot_steps:
+            snapshot(out, model, cfg, args, step + 1, steps, loss=float(loss))
         if args.stop_after is not None and step + 1 >= args.stop_after:
             log.close()
             print(f"stopped after step {step + 1} (--stop-after)", file=sys.stderr)
@@ -143,6 +151,36 @@ def main() -> None:
     log.close()
     print(f"trained {steps} steps in {time.time() - t0:.0f} s; checkpoint in {ckpt}")
     export(out, cfg, args, steps)
+
+
+def log_spaced_steps(steps: int, n: int) -> set[int]:
+    """``n`` snapshot steps from 0 to ``steps``, evenly spaced in log(1 + step): dense early,
+    where heads form fast, sparse late. Deterministic, so a resumed run keeps the same ones."""
+    if n <= 0:
+        return set()
+    if n == 1:
+        return {steps}
+    return {0} | {round(math.expm1(math.log1p(steps) * i / (n - 1))) for i in range(1, n)}
+
+
+def snapshot(out: Path, model: torch.nn.Module, cfg: dict, args: argparse.Namespace, step: int, steps: int,
+             loss: float | None = None) -> Path:
+    """Write the weights at ``step`` as a headzoo checkpoint folder ``OUT/checkpoints/step-XXXXXX/``."""
+    from headzoo._backends import from_bridge_state_dict
+    from headzoo._checkpoint import save_checkpoint
+    from headzoo.testing import word_tokenizer
+
+    state = from_bridge_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
+    folder = out / "checkpoints" / f"step-{step:06d}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    save_checkpoint(tmp, state, cfg, word_tokenizer(list(VOCABULARY)), name=f"zoo-{args.config}", step=step,
+                    training={"config": args.config, "seed": args.seed, "steps": steps, "loss": loss})
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+    return folder
 
 
 def export(out: Path, cfg: dict, args: argparse.Namespace, steps: int) -> Path:
