@@ -68,6 +68,8 @@ from headzoo._registry import get_detector, list_detectors, load_detectors, regi
 from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
 from headzoo._runner import detect
+from headzoo._sweep import Sweep, sweep
+from headzoo._sweep_models import SweepModel
 from headzoo._succession import (
     SuccessionInContext,
     SuccessionPrompts,
@@ -135,6 +137,9 @@ __all__ = [
     "HeadExamples",
     "head_importance",
     "compare_atlases",
+    "sweep",
+    "Sweep",
+    "SweepModel",
     "AtlasComparison",
     "HeadImportance",
     "head_graph",
