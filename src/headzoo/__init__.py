@@ -68,8 +68,6 @@ from headzoo._registry import get_detector, list_detectors, load_detectors, regi
 from headzoo._relations import RelationList, RelationPairs, relation_lists, relation_pairs, relation_survival
 from headzoo._results import HeadScores
 from headzoo._runner import detect
-from headzoo._sweep import Sweep, sweep
-from headzoo._sweep_models import SweepModel
 from headzoo._succession import (
     SuccessionInContext,
     SuccessionPrompts,
@@ -78,6 +76,8 @@ from headzoo._succession import (
     succession_prompts,
     successor_on_text,
 )
+from headzoo._sweep import Sweep, sweep
+from headzoo._sweep_models import SweepModel
 from headzoo._tokens import UnknownTokenWarning
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables

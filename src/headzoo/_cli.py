@@ -1,5 +1,5 @@
 """Command line: ``headzoo atlas [MODEL] --out DIR [--corpus PATH]``, ``headzoo detect [MODEL]``, ``headzoo list``,
-``headzoo compare A B --out DIR``.
+``headzoo compare A B --out DIR``, ``headzoo sweep MODEL... --out DIR``.
 
 A user's mistake (a bad argument, an unknown model or detector, a device this machine lacks, an
 output path that is a file or cannot be written) ends with one line ``headzoo: error: ...`` on
@@ -55,6 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("a", help="an atlas folder (written by `headzoo atlas --out DIR`)")
     c.add_argument("b", help="the atlas folder to compare it with")
     c.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    s = sub.add_parser("sweep", help="build the atlas of many models or training checkpoints (in-process or on Ray) "
+                                     "into one Parquet dataset: results/, jobs/, atlases/, index.html, sweep.json")
+    s.add_argument("models", nargs="+", metavar="MODEL",
+                   help="bundled name, Hugging Face id, folder, SOURCE@REVISION (hub revision or subfolder; a glob "
+                        "such as 'runs/zoo@step*' for a folder), or a glob of checkpoint folders (quote it)")
+    s.add_argument("--out", required=True, help="the sweep folder; run the same command again to resume")
+    s.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
+    s.add_argument("--executor", choices=("serial", "ray"), default=None,
+                   help="where jobs run (default: Ray when installed, else in this process)")
+    s.add_argument("--workers", type=_positive, default=None, help="jobs side by side on a local Ray instance (default: one per core)")
+    s.add_argument("--address", default=None, help="an existing Ray cluster, e.g. ray://host:10001 or auto")
+    s.add_argument("--seed", type=_non_negative, default=0, help="probe and sample seed")
+    s.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    s.add_argument("--dtype", default=None, help="floating-point dtype, e.g. float32 (default), float16 or bfloat16")
+    s.add_argument("--no-examples", action="store_true", help="skip each head's contexts on text")
+    s.add_argument("--no-importance", action="store_true", help="skip each head's ablation effect on the task battery")
+    s.add_argument("--no-atlas", action="store_true", help="keep only the scores, not each model's atlas folder")
     return p
 
 
@@ -103,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _atlas(hz, args)
         if args.command == "compare":
             return _compare(hz, args)
+        if args.command == "sweep":
+            return _sweep(hz, args)
         return _detect(hz, args)
     except (hz.HeadzooError, UsageError) as exc:
         return _fail(str(exc))
@@ -110,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}. Check the path and its permissions, or choose another --out.")
     except KeyboardInterrupt:
-        again = "; run the same command again to resume" if args.command == "atlas" else ""
+        again = "; run the same command again to resume" if args.command in ("atlas", "sweep") else ""
         print(f"headzoo: interrupted{again}", file=sys.stderr)
         return 130
 
@@ -203,6 +222,35 @@ def _compare(hz: Any, args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(comparison.correlations().to_string(index=False))
     print(f"wrote {out / 'compare.html'}, {out / 'comparison.parquet'} and {out / 'correlations.csv'}")
+    return 0
+
+
+def _sweep(hz: Any, args: argparse.Namespace) -> int:
+    """Run the sweep; exit 0 when every job is done, 1 when some failed (each named with its error)."""
+    import warnings
+
+    out = Path(args.out)
+    _check_out_folder(out, args.out)
+    if args.executor == "serial" and (args.workers is not None or args.address is not None):
+        raise UsageError("--workers and --address are Ray settings; drop them or use --executor ray")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the summary below names the failures
+        result = hz.sweep(args.models, args.detectors, out=out, executor=args.executor, workers=args.workers,
+                          address=args.address, seed=args.seed, device=args.device, dtype=args.dtype,
+                          atlas=not args.no_atlas, examples=not args.no_examples,
+                          importance=not args.no_importance, progress=True)
+    counts = result.jobs["status"].value_counts()
+    done, failed = int(counts.get("done", 0)), int(counts.get("failed", 0))
+    print(f"headzoo sweep: {done} of {len(result.jobs)} jobs done, {failed} failed "
+          f"({result.meta['executor']['name']} executor); results in {out / 'results'}")
+    for row in result.errors().itertuples():
+        print(f"  failed: {row.model}: {row.error}")
+    if (out / "index.html").exists():
+        print(f"wrote {out / 'index.html'}; open it in a browser (works offline)")
+    if failed:
+        print(f"headzoo sweep: {failed} job(s) failed; see {out / 'jobs'}/<JOB>.json for the tracebacks. Running the "
+              "same command again retries them and skips the finished ones.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -508,6 +508,10 @@ def sweep(
             bar.set_postfix_str(f"{job.entry.model}: {outcome['status']}", refresh=False)
             bar.update(1)
     meta["executor"]["seconds"] = time.perf_counter() - t0
+    try:
+        (out_dir / ".partial").rmdir()  # only when empty: an interrupted job's cache stays for its resume
+    except OSError:
+        pass
     meta["finished"] = _now()
     _write_meta(out_dir, meta)
     result = Sweep.open(out_dir)
