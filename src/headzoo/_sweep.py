@@ -128,7 +128,7 @@ def _results_frame(job: _Job, scores: Any) -> pd.DataFrame:
 
 def _results_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` (a copy) with RESULT_COLUMNS in order, schema dtypes, sorted, index reset."""
-    frame = frame[RESULT_COLUMNS].copy()
+    frame = cast(pd.DataFrame, frame[RESULT_COLUMNS]).copy()
     for col in ("job", "series", "model", "detector"):
         frame[col] = frame[col].astype(str)
     frame["step"] = frame["step"].astype("Int64")
@@ -218,7 +218,7 @@ def _ray_available() -> bool:
     return True
 
 
-def _ray(jobs: list[_Job], *, workers: int | None, address: str | None, threads: int, gpus: float | None,
+def _ray(jobs: list[_Job], *, workers: int | None, address: str | None, threads: int, gpus: int | float | None,
          info: dict[str, Any]) -> Iterator[tuple[_Job, dict[str, Any]]]:
     """Run ``jobs`` as Ray tasks, yielding each as it finishes. Starts (and at the end shuts
     down) a local Ray instance of ``workers`` jobs side by side unless Ray is already running or
@@ -347,13 +347,13 @@ def _read_folder(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any],
 
 
 def _jobs_dtypes(jobs: pd.DataFrame) -> pd.DataFrame:
-    jobs = jobs[JOB_COLUMNS].copy()
+    jobs = cast(pd.DataFrame, jobs[JOB_COLUMNS]).copy()
     for col in ("job", "series", "model", "source", "status"):
         jobs[col] = jobs[col].astype(str)
     for col in ("revision", "error", "atlas"):  # None stays missing
         jobs[col] = jobs[col].astype(object).where(jobs[col].notna(), None).astype("str")
     jobs["step"] = jobs["step"].astype("Int64")
-    jobs["seconds"] = pd.to_numeric(jobs["seconds"], errors="coerce").astype("float64")
+    jobs["seconds"] = pd.Series(pd.to_numeric(jobs["seconds"], errors="coerce"), index=jobs.index, dtype="float64")
     return jobs.reset_index(drop=True)
 
 
@@ -392,7 +392,7 @@ def sweep(
     executor: str | None = None,
     workers: int | None = None,
     address: str | None = None,
-    gpus_per_job: float | None = None,
+    gpus_per_job: int | float | None = None,
     threads_per_job: int = 1,
     seed: int = 0,
     atlas: bool = True,
@@ -518,7 +518,7 @@ def sweep(
     _write_page(out_dir, result)
     failed = result.jobs[result.jobs["status"] == "failed"]
     if len(failed):
-        names = ", ".join(failed["model"].head(5)) + (" ..." if len(failed) > 5 else "")
+        names = ", ".join(str(m) for m in list(failed["model"])[:5]) + (" ..." if len(failed) > 5 else "")
         warnings.warn(f"{len(failed)} of {len(result.jobs)} sweep jobs failed ({names}); see sweep.errors() for "
                       f"their errors, or {out_dir / 'jobs'}/<JOB>.json", RuntimeWarning, stacklevel=2)
     return result
@@ -605,7 +605,7 @@ class Sweep(Result):
     def errors(self) -> pd.DataFrame:
         """The failed jobs: ``job, model, source, error, traceback``."""
         failed = cast(pd.DataFrame, self.jobs[self.jobs["status"] == "failed"])
-        out = failed[["job", "model", "source", "error"]].reset_index(drop=True)
+        out = cast(pd.DataFrame, failed[["job", "model", "source", "error"]]).reset_index(drop=True)
         out["traceback"] = [self.tracebacks.get(j) for j in out["job"]]
         return out
 
@@ -623,8 +623,8 @@ class Sweep(Result):
         return sweep_figure(self.to_frame(), detector)
 
     def _counts(self) -> dict[str, int]:
-        counts = self.jobs["status"].value_counts()
-        return {s: int(counts.get(s, 0)) for s in ("done", "failed", "pending")}
+        statuses = [str(s) for s in self.jobs["status"]]
+        return {s: statuses.count(s) for s in ("done", "failed", "pending")}
 
     def __repr__(self) -> str:
         c = self._counts()
@@ -635,9 +635,9 @@ class Sweep(Result):
         """The job table (offline, no script, every string escaped)."""
         esc = html.escape
         rows = "".join(
-            f"<tr><td>{esc(str(r['model']))}</td><td>{'' if pd.isna(r['step']) else int(r['step'])}</td>"
-            f"<td>{esc(str(r['status']))}</td><td>{esc(str(r['error'])) if isinstance(r['error'], str) else ''}</td></tr>"
-            for _, r in self.jobs.iterrows())
+            f"<tr><td>{esc(str(r['model']))}</td><td>{'' if r['step'] is None else int(r['step'])}</td>"
+            f"<td>{esc(str(r['status']))}</td><td>{esc(r['error']) if isinstance(r['error'], str) else ''}</td></tr>"
+            for r in self.jobs.astype(object).where(self.jobs.notna(), None).to_dict("records"))
         return (f"<div style='font-family:sans-serif;font-size:12px'><p>{esc(repr(self))}</p><table><thead><tr>"
                 f"<th>model</th><th>step</th><th>status</th><th>error</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
