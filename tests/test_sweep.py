@@ -99,7 +99,10 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     run = _run_folder(root / "run")
     ckpts = _as_loaders(expand_models(str(run / "checkpoints" / "step-*")))
-    broken = hz.SweepModel("broken", None, loader=functools.partial(_broken_loader, "these weights are garbage"))
+    # a damaged checkpoint (weights missing), loaded by a function Ray workers can import
+    (root / "garbage").mkdir()
+    (root / "garbage" / "config.json").write_text('{"format": "headzoo.checkpoint/1"}')
+    broken = hz.SweepModel("broken", None, loader=functools.partial(load_checkpoint, root / "garbage"))
     models = planted_entries() + ckpts + [broken]
     return types.SimpleNamespace(root=root, run=run, models=models)
 
@@ -201,8 +204,9 @@ def test_serial_sweep_writes_the_dataset_schema(serial, workspace):
 def test_a_broken_model_is_reported_and_the_others_finish(serial):
     errors = serial.errors()
     assert errors["model"].tolist() == ["broken"]
-    assert errors["error"].iloc[0] == "RuntimeError: these weights are garbage"
-    assert "_broken_loader" in errors["traceback"].iloc[0]
+    assert errors["error"].iloc[0].startswith("CheckpointError: ")
+    assert "is not a complete headzoo checkpoint: it lacks ['model.safetensors'" in errors["error"].iloc[0]
+    assert "load_checkpoint" in errors["traceback"].iloc[0]
     assert serial.jobs.set_index("model")["status"].drop("broken").eq("done").all()
     assert "broken" not in set(serial.to_frame()["model"])
 
@@ -226,7 +230,7 @@ def test_ray_with_two_workers_equals_serial_exactly(serial, workspace):
     assert ray.meta["executor"]["name"] == "ray" and ray.meta["executor"]["cluster_cpus"] == 2
     pd.testing.assert_frame_equal(ray.to_frame(), serial.to_frame(), check_exact=True)
     pd.testing.assert_frame_equal(ray.jobs.drop(columns="seconds"), serial.jobs.drop(columns="seconds"))
-    assert ray.errors()["error"].tolist() == ["RuntimeError: these weights are garbage"]
+    assert ray.errors()["error"].tolist() == serial.errors()["error"].tolist()
 
 
 @pytest.mark.slow
