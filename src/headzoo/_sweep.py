@@ -224,7 +224,7 @@ def _ray(jobs: list[_Job], *, workers: int | None, address: str | None, threads:
     down) a local Ray instance of ``workers`` jobs side by side unless Ray is already running or
     ``address`` names a cluster. ``info`` receives what ran (CPUs, GPUs per job)."""
     ray = _import_ray()
-    started = False
+    started, t0 = False, time.perf_counter()
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address is None:
@@ -237,7 +237,7 @@ def _ray(jobs: list[_Job], *, workers: int | None, address: str | None, threads:
         resources = ray.cluster_resources()
         if gpus is None:  # a GPU per job wherever the cluster has them
             gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        info.update(cluster_cpus=float(resources.get("CPU", 0)), cluster_gpus=float(resources.get("GPU", 0)),
+        info.update(init_seconds=time.perf_counter() - t0, cluster_cpus=float(resources.get("CPU", 0)), cluster_gpus=float(resources.get("GPU", 0)),
                     gpus_per_job=gpus, ray_version=str(ray.__version__))
         task = ray.remote(_ray_task).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
         refs = {task.remote(job): job for job in jobs}
