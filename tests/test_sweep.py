@@ -222,6 +222,14 @@ def test_sweep_round_trips_and_opens_from_its_folder(serial, workspace, tmp_path
     assert "broken" in serial._repr_html_() and "7 jobs: 6 done, 1 failed" in repr(serial)
 
 
+def test_plot_checks_the_detector_and_delegates_to_the_page_module(serial):
+    with pytest.raises(hz.InvalidOptionError, match="unknown detector 'copying'"):
+        serial.plot("copying")
+    if not hasattr(sys.modules["headzoo._sweep_page"], "sweep_figure"):
+        pytest.skip("TODO(integrator): headzoo._sweep_page.sweep_figure comes from the page helper's branch")
+    assert type(serial.plot()).__name__ == "Figure"
+
+
 @pytest.mark.slow
 def test_ray_with_two_workers_equals_serial_exactly(serial, workspace):
     pytest.importorskip("ray")

@@ -612,14 +612,14 @@ class Sweep(Result):
     def plot(self, detector: str | None = None) -> Any:
         """Score against training step (or model) per head for ``detector`` (default: the
         first detector), as a plotly ``Figure`` (returned, never shown)."""
-        from headzoo._sweep_page import sweep_figure  # type: ignore[import-not-found]
-
         if detector is None:
             if not self.detectors:
                 raise InvalidOptionError("the sweep ran no detector, so there is nothing to plot")
             detector = self.detectors[0]
         if detector not in self.detectors:
             raise InvalidOptionError(f"unknown detector {detector!r}; this sweep ran {self.detectors}")
+        from headzoo._sweep_page import sweep_figure  # type: ignore[import-not-found]
+
         return sweep_figure(self.to_frame(), detector)
 
     def _counts(self) -> dict[str, int]:
