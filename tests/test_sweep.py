@@ -129,6 +129,9 @@ def test_expand_models_reads_steps_and_series_from_checkpoint_folders(tmp_path):
     plain = tmp_path / "other" / "ckpt_step_42"
     plain.mkdir(parents=True)
     assert [(e.model, e.step, e.series) for e in expand_models(plain)] == [("other@ckpt_step_42", 42, "other")]
+    (tmp_path / "other" / "final").mkdir()
+    assert [(e.model, e.source, e.revision, e.step) for e in expand_models(f"{tmp_path / 'other'}@final")] == [
+        ("other@final", str(tmp_path / "other"), "final", None)]
     hub = expand_models(["EleutherAI/pythia-70m@step1000", "planted-demo"])
     assert [(e.model, e.source, e.revision, e.step, e.series) for e in hub] == [
         ("pythia-70m@step1000", "EleutherAI/pythia-70m", "step1000", 1000, "EleutherAI/pythia-70m"),
@@ -291,8 +294,17 @@ def test_a_killed_sweep_resumes_without_recomputing_finished_jobs(serial, tmp_pa
 
 
 def test_changed_options_make_new_jobs_and_a_rerun_skips_done_ones(tmp_path):
+    import torch
+
     entry = planted_entries()[:1]
-    first = hz.sweep(entry, ["previous_token"], out=tmp_path, executor="serial", atlas=False, **FAST)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = hz.sweep(entry, iter(["previous_token"]), out=tmp_path, executor="serial", atlas=False, **FAST)
+        assert torch.get_num_threads() == 2  # the job ran with threads_per_job=1, then gave the threads back
+    finally:
+        torch.set_num_threads(threads)
+    assert set(first.to_frame()["detector"]) == {"previous_token"}
     again = hz.sweep(entry, ["previous_token"], out=tmp_path, executor="serial", atlas=False, **FAST)
     assert again.meta["executor"]["skipped_done"] == 1 and again.jobs["job"].tolist() == first.jobs["job"].tolist()
     reseeded = hz.sweep(entry, ["previous_token"], out=tmp_path, executor="serial", atlas=False, seed=1, **FAST)

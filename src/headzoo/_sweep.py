@@ -419,7 +419,8 @@ def sweep(
             installed (or ``address`` is given), else serial. Both give identical results.
         workers: jobs side by side on the local Ray instance this starts (default: one per
             core); ignored when Ray is already running or ``address`` is given.
-        address: a Ray cluster to run on (``"ray://host:10001"``, ``"auto"``).
+        address: a Ray cluster to run on (``"ray://host:10001"``, ``"auto"``); its workers need
+            headzoo installed, not access to ``out`` (results come back to this process).
         gpus_per_job: GPUs each Ray task asks for (default: 1 when the cluster has GPUs, else
             0); a job given a GPU loads its model onto ``"cuda"``.
         threads_per_job: torch threads (and Ray CPUs) per job.
@@ -428,6 +429,8 @@ def sweep(
         examples, importance: as for :func:`hz.build_atlas` (off: much faster jobs).
         device, dtype: passed to :func:`hz.load_model`.
         retry_failed: rerun jobs that failed in an earlier run of the same sweep.
+            (A rerun with other options makes other jobs; the earlier jobs' files stay in
+            ``out`` but are not part of this sweep's :class:`Sweep` or sweep.json.)
         progress: show a progress bar over jobs (default: when more than one job runs).
         **options: passed to :func:`hz.build_atlas` / :func:`hz.detect` (JSON-able values).
 
@@ -442,6 +445,7 @@ def sweep(
         ModelNotFoundError: a model path or glob that matches nothing.
         UnknownDetectorError: an unknown detector name.
     """
+    from headzoo._detector import Detector
     from headzoo._runner import select_detectors
 
     out_dir = _check_out(out)
@@ -465,6 +469,8 @@ def sweep(
         if value is not None and not isinstance(value, str) and type(value).__module__ != "torch":
             raise InvalidOptionError(f"{name} must be a string such as 'cpu' / 'float16' or a torch {name}; got {value!r}")
     clean_options = _canonical(options, "options")
+    if detectors is not None and not isinstance(detectors, (str, Detector)):
+        detectors = list(detectors)  # an iterator would be spent by the check below, before the jobs read it
     selected = select_detectors(detectors, dict(options, seed=seed))  # unknown names and options fail here
     chosen = _check_executor(executor, address)
     spec = {"detectors": [[d.name, _canonical(d.options(), d.name)] for d in selected], "seed": int(seed),
@@ -497,6 +503,8 @@ def sweep(
         todo.append(job)
     meta["executor"]["skipped_done"] = len(jobs) - len(todo)
     show = progress if progress is not None else len(todo) > 1
+    if gpus_per_job is None and spec["device"] is not None and spec["device"].startswith("cpu"):
+        gpus_per_job = 0  # asked for the CPU: holding a GPU per job would only block other work
     runner = _serial(todo) if chosen == "serial" or not todo else _ray(
         todo, workers=workers, address=address, threads=threads_per_job, gpus=gpus_per_job, info=meta["executor"])
     from tqdm.auto import tqdm

@@ -154,15 +154,16 @@ def _folder_entry(folder: Path, root: Path | None = None, revision: str | None =
     step = _step_of(folder, folder.name)
     name = str(config["name"]) if config is not None and isinstance(config.get("name"), str) else None
     if step is None:
-        label = name or folder.name
-        return SweepModel(label, str(root if root is not None else folder), revision=revision)
+        if root is None:
+            return SweepModel(name or folder.name, str(folder))
+        return SweepModel(f"{name or _short(str(root.resolve()))}@{revision}", str(root), revision=revision)
     # a checkpoint of a training run: the series is the run's name (config.json "name", else the
     # run folder: runs/zoo/checkpoints/step-10 -> "zoo")
     if name is None:
-        parent = (root if root is not None else folder.parent)
-        if parent.name == "checkpoints" and root is None:
+        parent = (root if root is not None else folder.parent).resolve()
+        if parent.name == "checkpoints":
             parent = parent.parent
-        name = parent.resolve().name or str(parent)
+        name = parent.name or str(parent)
     return SweepModel(f"{_short(name)}@{folder.name}", str(root if root is not None else folder), revision=revision,
                       step=step, series=name)
 
