@@ -225,6 +225,21 @@ def test_sweep_round_trips_and_opens_from_its_folder(serial, workspace, tmp_path
     assert "broken" in serial._repr_html_() and "7 jobs: 6 done, 1 failed" in repr(serial)
 
 
+def test_html_escapes_model_names_and_errors_and_a_damaged_file_is_refused(serial, tmp_path):
+    hostile = "<script>alert(1)</script>"
+    jobs = serial.jobs.assign(model=hostile, error=hostile)
+    page = hz.Sweep(serial.to_frame().assign(model=hostile), jobs, serial.meta)._repr_html_()
+    assert "<script" not in page and "&lt;script&gt;" in page
+    path = serial.save(tmp_path / "s.parquet")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(hz.CorruptFileError, match="checksum"):
+        hz.Sweep.load(path)
+    with pytest.raises(hz.CorruptFileError, match="sweep.json"):
+        hz.Sweep.open(tmp_path)
+
+
 def test_plot_checks_the_detector_and_delegates_to_the_page_module(serial):
     with pytest.raises(hz.InvalidOptionError, match="unknown detector 'copying'"):
         serial.plot("copying")
