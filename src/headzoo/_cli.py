@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "into one Parquet dataset: results/, jobs/, atlases/, index.html, sweep.json")
     s.add_argument("models", nargs="+", metavar="MODEL",
                    help="bundled name, Hugging Face id, folder, SOURCE@REVISION (hub revision or subfolder; a glob "
-                        "such as 'runs/zoo@step*' for a folder), or a glob of checkpoint folders (quote it)")
+                        "such as 'runs/zoo/checkpoints@step*' for a folder), or a glob of checkpoint folders (quote it)")
     s.add_argument("--out", required=True, help="the sweep folder; run the same command again to resume")
     s.add_argument("--detectors", nargs="+", default=None, metavar="NAME", help="detectors to run (default: all)")
     s.add_argument("--executor", choices=("serial", "ray"), default=None,
