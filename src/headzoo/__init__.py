@@ -76,6 +76,7 @@ from headzoo._succession import (
     succession_prompts,
     successor_on_text,
 )
+from headzoo._sweep_page import formation_steps, match_heads, sweep_figure
 from headzoo._tokens import UnknownTokenWarning
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
@@ -136,6 +137,9 @@ __all__ = [
     "head_importance",
     "compare_atlases",
     "AtlasComparison",
+    "formation_steps",
+    "match_heads",
+    "sweep_figure",
     "HeadImportance",
     "head_graph",
     "HeadGraph",

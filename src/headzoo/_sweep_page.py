@@ -97,14 +97,15 @@ def _results(results: Any, columns: tuple[str, ...] = RESULT_COLUMNS[1:9]) -> pd
 
 def _stepped(frame: pd.DataFrame) -> list[str]:
     """Series with at least two distinct checkpoint steps, in order of first appearance."""
-    steps = cast(pd.DataFrame, frame[frame["step"].notna()]).groupby("series", sort=False)["step"].nunique()
-    return [str(s) for s, n in steps.items() if n >= 2]
+    steps = cast(pd.Series, cast(pd.DataFrame, frame[frame["step"].notna()]).groupby("series", sort=False)["step"].nunique())
+    return [str(s) for s, n in zip(steps.index, steps.to_numpy(), strict=True) if int(n) >= 2]
 
 
 def _model_order(frame: pd.DataFrame) -> list[str]:
     """Models in the schema's order: by series, then step (plain models last within a series), then label."""
-    firsts = frame.drop_duplicates("model")[["series", "step", "model"]]
-    return [str(m) for m in firsts.sort_values(["series", "step", "model"], na_position="last", kind="stable")["model"]]
+    firsts = cast(pd.DataFrame, frame.drop_duplicates("model")[["series", "step", "model"]])
+    ordered = firsts.sort_values(by=["series", "step", "model"], na_position="last", kind="stable")
+    return [str(m) for m in ordered["model"]]
 
 
 # -- formation ----------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def formation_steps(results: pd.DataFrame) -> pd.DataFrame:
     part = part.sort_values([*_KEYS, "step"], ascending=[True, True, True, True, False], kind="stable")
     groups = part.groupby(_KEYS, sort=True)
     stays = part["passes"].astype("int8").groupby([part[k] for k in _KEYS]).cummin().astype(bool)
-    out = groups["score"].first().rename("final_score").to_frame()
+    out = cast(pd.Series, groups["score"].first()).to_frame("final_score")
     out["step"] = cast(pd.DataFrame, part[stays]).groupby(_KEYS)["step"].min()
     out["first_step"] = cast(pd.DataFrame, part[part["passes"]]).groupby(_KEYS)["step"].min()
     return _formation_frame(out.reset_index())
@@ -237,8 +238,8 @@ def _match_pair(a: str, ta: pd.DataFrame, b: str, tb: pd.DataFrame, floor: float
     dets = sorted(set(ta["score"].columns) & set(tb["score"].columns))
     if len(dets) < 2:
         return []
-    sa = ta["score"][dets].to_numpy(dtype=float)
-    sb = tb["score"][dets].to_numpy(dtype=float)
+    sa = cast(pd.DataFrame, ta["score"])[dets].to_numpy(dtype=float)
+    sb = cast(pd.DataFrame, tb["score"])[dets].to_numpy(dtype=float)
     both = np.vstack([sa, sb])
     mean = np.nanmean(both, axis=0)
     std = np.nanstd(both, axis=0)
@@ -249,8 +250,8 @@ def _match_pair(a: str, ta: pd.DataFrame, b: str, tb: pd.DataFrame, floor: float
     na = np.linalg.norm(za, axis=1, keepdims=True)
     nb = np.linalg.norm(zb, axis=1, keepdims=True)
     sim = (za / np.where(na > 0, na, 1)) @ (zb / np.where(nb > 0, nb, 1)).T
-    pa = ta["passes"][dets].fillna(False).to_numpy(dtype=bool)
-    pb = tb["passes"][dets].fillna(False).to_numpy(dtype=bool)
+    pa = cast(pd.DataFrame, ta["passes"])[dets].fillna(False).to_numpy(dtype=bool)
+    pb = cast(pd.DataFrame, tb["passes"])[dets].fillna(False).to_numpy(dtype=bool)
     out = []
     for i, j in _greedy_pairs(sim, floor):
         (la, ha), (lb, hb) = ta.index[i], tb.index[j]
@@ -312,14 +313,15 @@ def sweep_figure(results: pd.DataFrame, detector: str) -> Any:
         if series:
             log = _log_x(sub["step"].dropna())
             sub = sub.sort_values("step")
-            x_of = (lambda s: (s["step"].astype(float) + 1) if log else s["step"].astype(float))  # noqa: E731
+            x_of = (lambda s, log=log: (s["step"].astype(float) + 1) if log else s["step"].astype(float))  # noqa: E731
             fig.update_xaxes(type="log" if log else "linear", title_text="step + 1 (log scale)" if log else "step", row=row, col=1)
         else:
             order = {m: k for k, m in enumerate(_model_order(frame))}
-            sub = sub.assign(_o=sub["model"].map(order)).sort_values("_o")
+            sub = sub.assign(_o=[order[str(m)] for m in sub["model"]]).sort_values("_o")
             x_of = (lambda s: s["model"].map(html.escape))  # noqa: E731
             fig.update_xaxes(type="category", title_text="model", row=row, col=1)
-        for (layer, head), line in sub.groupby(["layer", "head"], sort=True):
+        for key, line in sub.groupby(["layer", "head"], sort=True):
+            layer, head = cast(tuple[int, int], key)
             name = f"L{layer}H{head}"
             ever = bool(line["passes"].any())
             fig.add_trace(go.Scatter(
@@ -483,13 +485,14 @@ def _str_or_none(v: Any) -> str | None:
 def _curves(part: pd.DataFrame, steps: list[int], n_layers: int, n_heads: int) -> SweepCurves:
     """One detector over one series, quantised to uint16 per detector range (2 bytes a score:
     a 100-checkpoint, 200-head, 24-detector sweep stays ~1.3 MB of base64)."""
-    lo, hi = float(part["score"].min()), float(part["score"].max())
+    scores = part["score"].to_numpy(dtype=float)
+    lo, hi = float(scores.min()), float(scores.max())
     span = hi - lo if hi > lo else 1.0
     codes = np.full((len(steps), n_layers * n_heads), _MISSING, dtype="<u2")
     where = {s: k for k, s in enumerate(steps)}
-    r = part["step"].map(where).to_numpy(dtype=np.int64)
+    r = np.array([where[int(s)] for s in part["step"]], dtype=np.int64)
     c = part["layer"].to_numpy(dtype=np.int64) * n_heads + part["head"].to_numpy(dtype=np.int64)
-    codes[r, c] = np.rint((part["score"].to_numpy(dtype=float) - lo) / span * (_MISSING - 1)).astype("<u2")
+    codes[r, c] = np.rint((scores - lo) / span * (_MISSING - 1)).astype("<u2")
     passes = np.zeros((len(steps), n_layers * n_heads), dtype=bool)
     passes[r, c] = part["passes"].to_numpy(dtype=bool)
     # a head's last scored checkpoint decides "passes at the end"
@@ -550,7 +553,8 @@ def sweep_payload(results: pd.DataFrame, jobs: pd.DataFrame, meta: Mapping[str, 
         part = cast(pd.DataFrame, frame[(frame["series"] == name) & frame["step"].notna()])
         firsts = part.drop_duplicates("step").sort_values("step")
         steps = [int(s) for s in firsts["step"]]
-        n_layers, n_heads = int(part["layer"].max()) + 1, int(part["head"].max()) + 1
+        n_layers = int(part["layer"].to_numpy().max()) + 1
+        n_heads = int(part["head"].to_numpy().max()) + 1
         curves = {str(d): _curves(cast(pd.DataFrame, sub), steps, n_layers, n_heads)
                   for d, sub in part.groupby("detector", sort=False)}
         series_out.append(SweepSeries(name, tuple(str(m) for m in firsts["model"]), tuple(steps), n_layers, n_heads,

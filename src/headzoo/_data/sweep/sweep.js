@@ -8,7 +8,8 @@
  *
  * Every string from the data reaches the page through textContent or setAttribute, never
  * innerHTML: model and detector names are arbitrary text and must stay inert. When the first
- * drawing is done the script sets document.body.dataset.rendered = "1" (and renderMs). */
+ * drawing is done the script sets document.body.dataset.rendered = "1" (and renderMs); charts are
+ * drawn top first in short slices, and document.body.dataset.drawn = "1" (and drawnMs) says all are. */
 "use strict";
 (function () {
   try { draw(); } catch (err) {
@@ -174,6 +175,9 @@
     return wrap;
   }
 
+  // Charts are drawn in document order, a slice of ~25 ms at a time: the top of the page shows at
+  // once and stays responsive while a big sweep's later charts are drawn (body[data-drawn] = "1" when all are).
+  const tasks = [];
   const dets = $("detectors");
   if (!data.detectors.length) dets.appendChild(el("p", "No job finished, so there are no scores to show; the jobs table says why.", "muted"));
   data.detectors.forEach((d, i) => {
@@ -182,15 +186,23 @@
     sec.appendChild(el("h3", d.name));
     sec.appendChild(el("p", (d.description ? d.description + " " : "") + "Threshold: " + (d.threshold === null ? "none" : d.threshold) + ".", "explain"));
     const mult = el("div", null, "multiples");
-    data.series.forEach(s => { if (s.curves[d.name]) mult.appendChild(chart(s, d)); });
-    if (mult.childNodes.length) sec.appendChild(mult);
+    data.series.forEach(s => { if (s.curves[d.name]) tasks.push(() => mult.appendChild(chart(s, d))); });
+    if (data.series.some(s => s.curves[d.name])) sec.appendChild(mult);
     const ranks = data.rankings[d.name];
     if (ranks && ranks.length) {
       sec.appendChild(el("p", "Top heads of each model (score; bold at or over the threshold):", "explain"));
-      sec.appendChild(ranking(ranks));
+      const slot = el("div");
+      sec.appendChild(slot);
+      tasks.push(() => slot.appendChild(ranking(ranks)));
     }
     dets.appendChild(sec);
   });
+  function pump() {
+    const t0 = performance.now();
+    while (tasks.length && performance.now() - t0 < 25) tasks.shift()();
+    if (tasks.length) setTimeout(pump, 0);
+    else { document.body.dataset.drawnMs = String(Math.round(performance.now())); document.body.dataset.drawn = "1"; }
+  }
 
   // -- tables ------------------------------------------------------------------------------------
   function fill(id, columns, rows, rowClass) {
@@ -237,6 +249,7 @@
     }],
     ["error", j => el("td", j.error || "", j.error ? "err" : "")]], data.jobs, j => j.status === "failed" ? "failed" : "");
 
+  pump();
   requestAnimationFrame(() => setTimeout(() => {
     document.body.dataset.renderMs = String(Math.round(performance.now()));
     document.body.dataset.rendered = "1";
