@@ -151,10 +151,14 @@ def test_inputs_are_checked():
         formation_steps(results.iloc[:0])
     with pytest.raises(EmptyResultError):
         match_heads(results.iloc[:0])
+    # not a DataFrame: the annotations say DataFrame (the test run's beartype refuses it first),
+    # an unchecked caller gets the typed error from the shared validator
+    from headzoo._sweep_page import _check_frame
+
     with pytest.raises(InvalidOptionError, match="DataFrame"):
-        formation_steps(results.to_dict("records"))  # type: ignore[arg-type]
+        _check_frame(results.to_dict("records"), RESULT_COLUMNS, "results")
     with pytest.raises(InvalidOptionError, match="min_similarity"):
-        match_heads(results, min_similarity=2)
+        match_heads(results, min_similarity=2.0)
     with pytest.raises(InvalidOptionError, match="two scores"):
         formation_steps(pd.concat([results, results.iloc[:1]]))
     with pytest.raises(InvalidOptionError, match="induction"):
@@ -384,6 +388,8 @@ def test_sweep_page_in_a_browser(browser, tmp_path):
     out, jobs = _write(tmp_path)
     page, seen = _open(browser, out)
     _no_horizontal_overflow(page)
+    assert page.inner_text("#title") == "headzoo sweep: 9 models, 1 checkpoint series"
+    assert "executor: serial" in page.inner_text("#provenance")
     # one chart per detector for the series, one line per head, a threshold line where there is one
     assert page.locator("#detectors .detector").count() == 3
     assert page.locator("#detectors .chart").count() == 3
@@ -410,6 +416,7 @@ def test_sweep_page_in_a_browser(browser, tmp_path):
     # matched heads: the shared profiles
     matches = [r.split("\t") for r in page.locator("#matches tbody tr").all_inner_texts()]
     assert any(m[:5] == ["plain-a", "L1H2", "\u2194", "plain-b", "L2H1"] and m[6] == "induction" for m in matches)
+    assert all(re.fullmatch(r"-?\d\.\d{3}", m[5]) for m in matches)  # similarity, 1.0 included
     assert any(m[:5] == ["plain-a", "L0H0", "\u2194", "plain-b", "L0H1"] and m[6] == "previous_token" for m in matches)
     # jobs: each finished job links its atlas by a relative path; the failed one shows its error
     hrefs = page.locator("#jobs a").evaluate_all("as => as.map(a => a.getAttribute('href'))")

@@ -220,26 +220,46 @@ def match_heads(results: pd.DataFrame, *, min_similarity: float = 0.5) -> pd.Dat
         raise InvalidOptionError(f"min_similarity must be a number in [-1, 1] (a cosine similarity); got {min_similarity!r}")
     frame = _final_models(_results(results))
     order = [m for m in _model_order(frame)]
-    per_model: dict[str, pd.DataFrame] = {}
+    per_model: dict[str, _Profiles] = {}
     for model, part in frame.groupby("model", sort=False):
-        # score and pass per head x detector (rows: (layer, head))
-        per_model[str(model)] = cast(pd.DataFrame, part.pivot(index=["layer", "head"], columns="detector",
-                                                               values=["score", "passes"]))
-    rows: list[dict[str, Any]] = []
+        # score and pass per head x detector, as arrays: a 100-model sweep compares 4950 pairs
+        table = cast(pd.DataFrame, part.pivot(index=["layer", "head"], columns="detector", values=["score", "passes"]))
+        dets = [str(d) for d in cast(pd.DataFrame, table["score"]).columns]
+        per_model[str(model)] = _Profiles(
+            {d: k for k, d in enumerate(dets)},
+            cast(pd.DataFrame, table["score"]).to_numpy(dtype=float),
+            cast(pd.DataFrame, table["passes"]).fillna(False).to_numpy(dtype=bool),
+            np.array([list(ix) for ix in table.index], dtype=np.int64).reshape(-1, 2))
+    parts: list[pd.DataFrame] = []
     for i, a in enumerate(order):
         for b in order[i + 1:]:
-            rows.extend(_match_pair(a, per_model[a], b, per_model[b], float(min_similarity)))
-    out = pd.DataFrame(rows, columns=_MATCH_COLUMNS)
+            part = _match_pair(a, per_model[a], b, per_model[b], float(min_similarity))
+            if part is not None:
+                parts.append(part)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_MATCH_COLUMNS)
     return out.astype({"model_a": str, "layer_a": "int64", "head_a": "int64", "model_b": str, "layer_b": "int64",
                        "head_b": "int64", "similarity": "float64", "shared_labels": str})
 
 
-def _match_pair(a: str, ta: pd.DataFrame, b: str, tb: pd.DataFrame, floor: float) -> list[dict[str, Any]]:
-    dets = sorted(set(ta["score"].columns) & set(tb["score"].columns))
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Profiles:
+    """One model's heads as :func:`match_heads` reads them: ``column[detector]`` indexes the
+    columns of ``scores`` and ``passes`` [head, detector]; ``heads`` [head, 2] is (layer, head)."""
+
+    column: dict[str, int]
+    scores: np.ndarray
+    passes: np.ndarray
+    heads: np.ndarray
+
+
+def _match_pair(a: str, pa: _Profiles, b: str, pb: _Profiles, floor: float) -> pd.DataFrame | None:
+    """The matched heads of models ``a`` and ``b`` (most similar first), or ``None`` when they
+    share fewer than two detectors."""
+    dets = sorted(set(pa.column) & set(pb.column))
     if len(dets) < 2:
-        return []
-    sa = cast(pd.DataFrame, ta["score"])[dets].to_numpy(dtype=float)
-    sb = cast(pd.DataFrame, tb["score"])[dets].to_numpy(dtype=float)
+        return None
+    ca, cb = [pa.column[d] for d in dets], [pb.column[d] for d in dets]
+    sa, sb = pa.scores[:, ca], pb.scores[:, cb]
     both = np.vstack([sa, sb])
     mean = np.nanmean(both, axis=0)
     std = np.nanstd(both, axis=0)
@@ -249,17 +269,23 @@ def _match_pair(a: str, ta: pd.DataFrame, b: str, tb: pd.DataFrame, floor: float
     zb = np.nan_to_num((sb - mean) / std)
     na = np.linalg.norm(za, axis=1, keepdims=True)
     nb = np.linalg.norm(zb, axis=1, keepdims=True)
-    sim = (za / np.where(na > 0, na, 1)) @ (zb / np.where(nb > 0, nb, 1)).T
-    pa = cast(pd.DataFrame, ta["passes"])[dets].fillna(False).to_numpy(dtype=bool)
-    pb = cast(pd.DataFrame, tb["passes"])[dets].fillna(False).to_numpy(dtype=bool)
-    out = []
-    for i, j in _greedy_pairs(sim, floor):
-        (la, ha), (lb, hb) = ta.index[i], tb.index[j]
-        out.append({"model_a": a, "layer_a": int(la), "head_a": int(ha), "model_b": b, "layer_b": int(lb),
-                    "head_b": int(hb), "similarity": float(np.clip(sim[i, j], -1.0, 1.0)),
-                    "shared_labels": ", ".join(d for d, x, y in zip(dets, pa[i], pb[j], strict=True) if x and y)})
-    out.sort(key=lambda r: -r["similarity"])
-    return out
+    # einsum, not a BLAS matmul: the matrices are small and BLAS threads fighting over a busy
+    # machine's cores made each pair ~5x slower
+    sim = np.einsum("ik,jk->ij", za / np.where(na > 0, na, 1), zb / np.where(nb > 0, nb, 1))
+    pairs = _greedy_pairs(sim.copy(), floor)
+    if not pairs:
+        return None
+    i = np.array([p[0] for p in pairs], dtype=np.int64)
+    j = np.array([p[1] for p in pairs], dtype=np.int64)
+    both_pass = pa.passes[i][:, ca] & pb.passes[j][:, cb]
+    names = np.array(dets, dtype=object)
+    out = pd.DataFrame({
+        "model_a": a, "layer_a": pa.heads[i, 0], "head_a": pa.heads[i, 1],
+        "model_b": b, "layer_b": pb.heads[j, 0], "head_b": pb.heads[j, 1],
+        "similarity": np.clip(sim[i, j], -1.0, 1.0),
+        "shared_labels": [", ".join(names[row]) for row in both_pass],
+    })
+    return out.sort_values("similarity", ascending=False, kind="stable")
 
 
 # -- the figure ---------------------------------------------------------------------------
@@ -441,7 +467,7 @@ class SweepMeta:
     seed: int | None
     versions: Mapping[str, str]
     n_models: int
-    n_series: int
+    n_series: int  # series with at least two checkpoint steps
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -601,12 +627,11 @@ def sweep_payload(results: pd.DataFrame, jobs: pd.DataFrame, meta: Mapping[str, 
     versions = meta.get("versions")
     seed = meta.get("seed")
     models = set(frame["model"]) | set(jobs["model"].astype(str)) if len(jobs) else set(frame["model"])
-    series_names = set(frame["series"]) | (set(jobs["series"].astype(str)) if len(jobs) else set())
     return SweepPayload(
         meta=SweepMeta(_str_or_none(meta.get("created")), _str_or_none(meta.get("executor")),
                        int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,
                        {str(k): str(v) for k, v in versions.items()} if isinstance(versions, Mapping) else {},
-                       len(models), len(series_names)),
+                       len(models), len(stepped)),
         detectors=_detectors(frame, meta),
         series=tuple(series_out),
         rankings=rankings,

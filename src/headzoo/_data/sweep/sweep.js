@@ -34,7 +34,7 @@
 
   // -- header ------------------------------------------------------------------------------------
   const m = data.meta;
-  $("title").textContent = "headzoo sweep: " + plural(m.n_models, "model") + " in " + m.n_series + " series";
+  $("title").textContent = "headzoo sweep: " + plural(m.n_models, "model") + (m.n_series ? ", " + m.n_series + " checkpoint series" : "");
   $("subtitle").textContent = "Detectors: " + (data.detectors.map(d => d.name).join(", ") || "none finished");
   const prov = [];
   if (m.executor) prov.push("executor: " + m.executor);
@@ -217,27 +217,28 @@
       body.appendChild(tr);
     });
   }
-  const num = v => el("td", v === null || v === undefined ? "" : typeof v === "number" && !Number.isInteger(v) ? fmt(v) : String(v), "num");
+  // digits: decimals for a measured number (JSON writes 1.0 as 1, so integers cannot be told apart by value)
+  const num = (v, digits) => el("td", v === null || v === undefined ? "" : digits === undefined ? String(v) : Number(v).toFixed(digits), "num");
 
   $("formation-note").textContent = !data.series.length ? "No series with two or more checkpoint steps in this sweep."
     : data.n_formation === 0 ? "No head passes a threshold at any checkpoint."
     : data.formation.length === data.n_formation ? plural(data.n_formation, "head") + " pass a threshold at some checkpoint."
     : "Showing " + data.formation.length + " of " + data.n_formation + " rows; hz.formation_steps(sweep.to_frame()) gives them all.";
   fill("formation", [["series", r => r.series], ["detector", r => r.detector], ["head", r => headName(r.layer, r.head)],
-    ["stays from step", r => num(r.step)], ["first passes at step", r => num(r.first_step)], ["final score", r => num(r.final_score)]],
+    ["stays from step", r => num(r.step)], ["first passes at step", r => num(r.first_step)], ["final score", r => num(r.final_score, 3)]],
     data.formation);
 
   $("matches-note").textContent = data.n_matches === 0 ? "No heads matched (models compared need two shared detectors and similar profiles)."
     : data.matches.length === data.n_matches ? plural(data.n_matches, "matched pair") + "."
     : "Showing " + data.matches.length + " of " + data.n_matches + " pairs (heads sharing a label first, then the most similar); hz.match_heads(sweep.to_frame()) gives them all.";
   fill("matches", [["model a", r => r.model_a], ["head a", r => headName(r.layer_a, r.head_a)], ["", () => "\u2194"],
-    ["model b", r => r.model_b], ["head b", r => headName(r.layer_b, r.head_b)], ["similarity", r => num(r.similarity)],
+    ["model b", r => r.model_b], ["head b", r => headName(r.layer_b, r.head_b)], ["similarity", r => num(r.similarity, 3)],
     ["shared labels", r => r.shared_labels]], data.matches);
 
   const count = s => data.jobs.filter(j => j.status === s).length;
   $("jobs-note").textContent = plural(data.jobs.length, "job") + ": " + count("done") + " done, " + count("failed") + " failed, " + count("pending") + " pending.";
   fill("jobs", [["model", j => j.model], ["series", j => j.series], ["step", j => num(j.step)],
-    ["status", j => el("td", j.status, "status-" + j.status)], ["seconds", j => num(j.seconds === null ? null : Math.round(j.seconds * 10) / 10)],
+    ["status", j => el("td", j.status, "status-" + j.status)], ["seconds", j => num(j.seconds, 1)],
     ["atlas", j => {
       const td = el("td");
       if (j.atlas && !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(j.atlas)) {  // relative paths only: never a javascript: link
