@@ -52,7 +52,8 @@ def test_builtins_after_a_plain_wheel_install(tmp_path):
     version = PYPROJECT["project"]["version"]
     info = f"headzoo-{version}.dist-info"
     data = {"literature/heads.csv", "atlas/index.html", "atlas/atlas.js", "atlas/atlas.css",
-            "compare/compare.html", "compare/compare.js", "compare/compare.css"}
+            "compare/compare.html", "compare/compare.js", "compare/compare.css",
+            "sweep/sweep.html", "sweep/sweep.js", "sweep/sweep.css"}
     assert {"headzoo/py.typed", f"{info}/licenses/LICENSE", *(f"headzoo/_data/{n}" for n in data)} <= set(names)
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata

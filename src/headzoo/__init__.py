@@ -78,6 +78,7 @@ from headzoo._succession import (
 )
 from headzoo._sweep import Sweep, sweep
 from headzoo._sweep_models import SweepModel
+from headzoo._sweep_page import formation_steps, match_heads, sweep_figure
 from headzoo._tokens import UnknownTokenWarning
 from headzoo._viz import AttentionView, attention_view
 from headzoo._vocab import VocabTables, token_counts, vocab_tables
@@ -141,6 +142,9 @@ __all__ = [
     "Sweep",
     "SweepModel",
     "AtlasComparison",
+    "formation_steps",
+    "match_heads",
+    "sweep_figure",
     "HeadImportance",
     "head_graph",
     "HeadGraph",
