@@ -20,7 +20,8 @@ from headzoo.testing import PlantSpec
 
 SPEC = PlantSpec(n_layers=3, n_heads=4, d_head=32, d_vocab=66, n_ctx=64,
                  previous_token=(0, 1), duplicate_token=(1, 2), induction=(2, 0), seed=11)
-KINDS = ["HeadScores", "HeadEffects", "MaskingCurve", "NeedleRun", "NeedleRun-masked", "CompositionScores", "HeadGraph", "HeadImportance", "AtlasComparison"]
+KINDS = ["HeadScores", "HeadEffects", "MaskingCurve", "NeedleRun", "NeedleRun-masked", "CompositionScores", "HeadGraph", "HeadImportance", "AtlasComparison",
+         "Sweep"]
 # A hostile string: markup, and the checksum's own marker with 64 hex digits, which must not
 # be mistaken for the checksum field when it sits in a saved result.
 HOSTILE = "<script>alert(1)</script>" + _MARK.decode() + "ab" * 32
@@ -67,6 +68,16 @@ def build(kind: str):
     elif kind == "AtlasComparison":
         atlas = hz.build_atlas(model, ["induction", "previous_token"], n_prompts=2, progress=False)
         out = hz.compare_atlases(atlas, atlas)
+    elif kind == "Sweep":
+        import functools
+        import tempfile
+
+        from headzoo.testing import planted_model
+
+        models = [hz.SweepModel(name, None, loader=functools.partial(planted_model, SPEC, name=name))
+                  for name in ("planted-a", HOSTILE)]
+        out = hz.sweep(models, ["induction", "previous_token"], out=tempfile.mkdtemp(prefix="headzoo-sweep-"),
+                       executor="serial", examples=False, importance=False, n_prompts=2, progress=False)
     _BUILT[kind] = out
     return out
 
@@ -103,6 +114,8 @@ def assert_same(a, b) -> None:
             _frames_equal(a.details(name), b.details(name))
     if isinstance(a, hz.HeadEffects):
         _frames_equal(a.per_example(), b.per_example())
+    if isinstance(a, hz.Sweep):
+        _frames_equal(a.jobs, b.jobs)
     _frames_equal(a.to_frame(), b.to_frame())
 
 
@@ -113,7 +126,7 @@ def other_kind(result) -> type:
 # -- the protocol ---------------------------------------------------------------------------
 def test_every_result_type_shares_one_save_and_load():
     for cls in (hz.HeadScores, hz.HeadEffects, hz.MaskingCurve, hz.NeedleRun, hz.CompositionScores, hz.HeadGraph,
-                hz.HeadImportance, hz.AtlasComparison):
+                hz.HeadImportance, hz.AtlasComparison, hz.Sweep):
         assert issubclass(cls, Result) and cls._FORMAT == cls.__name__
         assert cls.save is Result.save and cls.load.__func__ is Result.load.__func__
 
@@ -232,6 +245,8 @@ def hostile(result):
     if isinstance(result, hz.MaskingCurve):
         meta = {**result.meta, "model": {**result.meta["model"], "name": HOSTILE}}
         return hz.MaskingCurve(result.frame.assign(method=HOSTILE), meta)
+    if isinstance(result, hz.Sweep):
+        return result  # one of its models is already named HOSTILE
     masked = {"heads": [[2, 0]], "method": HOSTILE}
     return dataclasses.replace(result, mode=HOSTILE, masked=masked)
 

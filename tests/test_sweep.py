@@ -56,21 +56,6 @@ def _loads_checkpoint_folders() -> bool:
     return "revision" in inspect.signature(hz.load_model).parameters
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _page_module():
-    """TODO(integrator): headzoo._sweep_page comes from the page helper's branch; until it is
-    merged, a stand-in lets the sweep write its index.html. With it merged, the real one runs."""
-    try:
-        import headzoo._sweep_page  # noqa: F401
-        yield
-    except ImportError:
-        stub = types.ModuleType("headzoo._sweep_page")
-        stub.render_sweep_page = lambda results, jobs, meta: f"<html>{len(results)} rows</html>"  # type: ignore[attr-defined]
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setitem(sys.modules, "headzoo._sweep_page", stub)
-            yield
-
-
 def _run_folder(root: Path, steps=(0, 10, 200), name: str = "tinyrun") -> Path:
     """A training run's checkpoint folders ``root/checkpoints/step-XXXXXX`` (random weights per step)."""
     import torch
@@ -243,8 +228,6 @@ def test_html_escapes_model_names_and_errors_and_a_damaged_file_is_refused(seria
 def test_plot_checks_the_detector_and_delegates_to_the_page_module(serial):
     with pytest.raises(hz.InvalidOptionError, match="unknown detector 'copying'"):
         serial.plot("copying")
-    if not hasattr(sys.modules["headzoo._sweep_page"], "sweep_figure"):
-        pytest.skip("TODO(integrator): headzoo._sweep_page.sweep_figure comes from the page helper's branch")
     assert type(serial.plot()).__name__ == "Figure"
 
 
@@ -270,11 +253,8 @@ def test_sweep_over_a_glob_of_checkpoint_folders_loads_them_with_load_model(work
 
 
 _KILLED = textwrap.dedent("""
-    import sys, types
+    import sys
     sys.path.insert(0, {tests!r})
-    stub = types.ModuleType("headzoo._sweep_page")
-    stub.render_sweep_page = lambda results, jobs, meta: "<html></html>"
-    sys.modules.setdefault("headzoo._sweep_page", stub)
     import headzoo as hz
     from test_sweep import DETECTORS, FAST, planted_entries
     hz.sweep(planted_entries(), DETECTORS, out={out!r}, executor="serial", progress=False, **FAST)

@@ -538,8 +538,7 @@ def _write_meta(out: Path, meta: Mapping[str, Any]) -> None:
 
 
 def _write_page(out: Path, result: Sweep) -> None:
-    # TODO(integrator): headzoo._sweep_page is written by the page helper in parallel.
-    from headzoo._sweep_page import render_sweep_page  # type: ignore[import-not-found]
+    from headzoo._sweep_page import render_sweep_page
 
     page = render_sweep_page(result.to_frame(), result.jobs, result.meta)
     write_atomic(out / "index.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
@@ -626,7 +625,7 @@ class Sweep(Result):
             detector = self.detectors[0]
         if detector not in self.detectors:
             raise InvalidOptionError(f"unknown detector {detector!r}; this sweep ran {self.detectors}")
-        from headzoo._sweep_page import sweep_figure  # type: ignore[import-not-found]
+        from headzoo._sweep_page import sweep_figure
 
         return sweep_figure(self.to_frame(), detector)
 
