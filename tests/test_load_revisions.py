@@ -200,3 +200,11 @@ def test_an_unloadable_hub_revision_says_which(monkeypatch):
     monkeypatch.setattr(TransformerBridge, "boot_transformers", boot)
     with pytest.raises(ModelNotFoundError, match="at revision 'step7'"):
         hz.load_model("EleutherAI/pythia-70m", revision="step7")
+
+
+def test_a_boot_that_takes_no_revision_at_all_is_refused_clearly(monkeypatch):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", lambda name, device=None, dtype=torch.float32: _Booted())
+    with pytest.raises(hz.UnsupportedModelError, match="neither revision= nor hf_model="):
+        hz.load_model("EleutherAI/pythia-70m", revision="step1000")
