@@ -100,3 +100,68 @@ def test_damaged_or_foreign_checkpoints_are_refused(tmp_path):
     (folder / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match="lacks"):
         load_checkpoint(folder)
+
+
+# -- train_zoo --checkpoints: log-spaced snapshots as headzoo checkpoint folders -----------------
+SNAPSHOT_RUN = ["--config", "tiny", "--steps", "12", "--log-every", "1", "--save-every", "4", "--checkpoints", "5"]
+
+
+def _train(out: Path, *extra: str) -> None:
+    subprocess.run([sys.executable, str(REPO / "experiments" / "train_zoo.py"), *SNAPSHOT_RUN, "--out", str(out), *extra],
+                   check=True, capture_output=True)
+
+
+def _snapshots(out: Path) -> dict[int, dict]:
+    """step -> config.json of each snapshot folder of a run."""
+    return {int(f.name.removeprefix("step-")): json.loads((f / "config.json").read_text())
+            for f in sorted((out / "checkpoints").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def snapshot_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("snapshots") / "whole"
+    _train(out)
+    return out
+
+
+@pytest.mark.slow
+def test_snapshots_are_step_0_and_log_spaced_to_the_last_step(snapshot_run):
+    import math
+
+    snaps = _snapshots(snapshot_run)
+    steps = sorted(snaps)
+    assert steps[0] == 0 and steps[-1] == 12 and len(steps) == 5
+    assert all(snaps[s]["step"] == s for s in steps)  # the folder name and the recorded step agree
+    # evenly spaced in log(1 + step), up to rounding to whole steps: dense early, sparse late
+    ideal = [math.log1p(12) * i / 4 for i in range(5)]
+    assert all(abs(math.log1p(s) - x) < math.log1p(s + 1) - math.log1p(s) for s, x in zip(steps, ideal))
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert gaps == sorted(gaps) and gaps[0] < gaps[-1]
+
+
+@pytest.mark.slow
+def test_each_snapshot_loads_and_the_last_is_the_exported_model(snapshot_run):
+    snaps = _snapshots(snapshot_run)
+    x = torch.randint(0, len(VOCABULARY) + 2, (2, 16))
+    outputs = {}
+    for step in snaps:
+        model = hz.load_model(snapshot_run / "checkpoints" / f"step-{step:06d}")
+        assert model.cfg.model_name == f"zoo-tiny@step-{step}"
+        outputs[step] = model(x).detach()
+    final = hz.load_model(snapshot_run / "model")
+    assert final.cfg.model_name == "zoo-tiny"
+    assert snaps[12]["sha256"] == json.loads((snapshot_run / "model" / "config.json").read_text())["sha256"]
+    torch.testing.assert_close(outputs[12], final(x).detach(), atol=0, rtol=0)
+    assert not torch.allclose(outputs[0], outputs[12], atol=1e-3)  # the snapshots are not all one model
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_writes_the_same_snapshots(snapshot_run, tmp_path):
+    split = tmp_path / "split"
+    _train(split, "--stop-after", "8")
+    assert sorted(_snapshots(split)) == [0, 1, 3, 6]  # killed before the last one
+    _train(split)
+    whole, resumed = _snapshots(snapshot_run), _snapshots(split)
+    assert sorted(resumed) == sorted(whole)
+    assert {s: c["sha256"] for s, c in resumed.items()} == {s: c["sha256"] for s, c in whole.items()}
+    assert not (split / "checkpoints" / "step-000012.tmp").exists()

@@ -1,9 +1,18 @@
-"""Models headzoo can hand out: the bundled zoo (offline) and Hugging Face models by name."""
+"""Models headzoo can hand out: the bundled zoo (offline), headzoo checkpoint folders (offline) and
+Hugging Face models by name, at any revision.
+
+Training checkpoints come in two layouts: a folder of headzoo checkpoints (``train_zoo.py
+--checkpoints``: ``step-000100/``, ...) and a Hugging Face repository whose revisions are the
+steps (Pythia's ``step1000`` branches). ``load_model(path)`` reads the first kind directly;
+``revision=`` picks one checkpoint of either kind, on the hub or in a local folder of revisions.
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +22,7 @@ import pandas as pd
 import torch
 
 from headzoo._backends import Backend, check_backend
-from headzoo._errors import InvalidOptionError, ModelNotFoundError, did_you_mean
+from headzoo._errors import InvalidOptionError, ModelNotFoundError, UnsupportedModelError, did_you_mean
 
 __all__ = ["load_model", "list_models", "DEFAULT_MODEL"]
 
@@ -98,8 +107,10 @@ def load_model(
     backend: Backend = "bridge",
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
 ) -> Any:
-    """A ready model: the bundled default, a zoo model by short name, or a Hugging Face model.
+    """A ready model: the bundled default, a zoo model by short name, a headzoo checkpoint folder,
+    or a Hugging Face model, optionally at a revision.
 
     Args:
         name: ``None`` for the default bundled model (offline); a name from
@@ -107,7 +118,14 @@ def load_model(
             loaded with ``TransformerBridge.boot_transformers`` (or
             ``HookedTransformer.from_pretrained`` for ``backend="hooked"``), which needs the hub
             or a local cache. A name that is a near miss of a bundled one (``"zoo-smal"``) is
-            refused at once with a suggestion instead of being looked up on the hub.
+            refused at once with a suggestion instead of being looked up on the hub. A local
+            headzoo checkpoint folder (``config.json`` of format ``headzoo.checkpoint/1``, as
+            ``experiments/train_zoo.py --checkpoints`` writes) is loaded offline; its
+            ``cfg.model_name`` is the checkpoint's name plus ``"@step-N"`` when it records a step.
+        revision: which checkpoint of ``name``: for a hub id, the Hugging Face revision (branch,
+            tag or commit, e.g. Pythia's ``"step1000"``); for a local folder, its subfolder of
+            that name (a folder of revisions such as ``repo/step1000/``, each a Hugging Face
+            model folder or a headzoo checkpoint). ``None``: the main revision / the folder itself.
         backend: ``"bridge"`` (TransformerBridge) or ``"hooked"`` (HookedTransformer, 3.x only).
         device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) that this torch
             build and machine offer; default: where TransformerLens puts it.
@@ -117,15 +135,27 @@ def load_model(
         InvalidOptionError: an unknown device, dtype or backend, or a device this torch
             build or machine does not have; checked before anything is loaded.
         UnsupportedModelError: ``backend="hooked"`` on TransformerLens 4.x.
-        ModelNotFoundError: a near miss of a bundled name, or a name that is not bundled and
-            could not be loaded from the hub/cache.
+        ModelNotFoundError: a near miss of a bundled name, a name that is not bundled and
+            could not be loaded from the hub/cache, or a local folder without that revision
+            (the message lists the revisions it has).
+        CheckpointError: a headzoo checkpoint folder that is damaged or incomplete.
     """
     torch_device = _check_device(device)
     torch_dtype = _check_dtype(dtype)
     check_backend(backend)
+    revision = _check_revision(revision)
     name = DEFAULT_MODEL if name is None else _check_name(name)
-    if name in _ZOO:
+    if name in _ZOO and revision is None:
         return _ZOO[name].build(backend, torch_device, torch_dtype)
+    if name in _ZOO:
+        raise InvalidOptionError(
+            f"revision={revision!r}, but {name!r} is a bundled model, which has one version. Drop revision=, or "
+            "pass a Hugging Face id or a local folder of revisions."
+        )
+    if os.path.isdir(name) and revision is not None:
+        name, revision = _local_revision(name, revision), None
+    if os.path.isdir(name) and _is_headzoo_checkpoint(name):
+        return _load_headzoo_checkpoint(name, backend, torch_device, torch_dtype)
     if not os.path.exists(name):
         # A near miss of a bundled name is a typo, not a hub id: say so now rather than after
         # the hub's retries time out (tens of seconds offline).
@@ -136,7 +166,7 @@ def load_model(
                 f"{', '.join(_ZOO)} (hz.list_models()). Hugging Face ids are looked up on the hub "
                 "as given, e.g. 'gpt2' or 'EleutherAI/pythia-70m'."
             )
-    return _load_from_hub(name, backend, torch_device, torch_dtype)
+    return _load_from_hub(name, backend, torch_device, torch_dtype, revision)
 
 
 #: difflib ratio above which a non-bundled name counts as a typo of a bundled one
@@ -160,6 +190,70 @@ def _check_name(name: object) -> str:
             "a local directory, or nothing for the default model."
         )
     return name
+
+
+def _check_revision(revision: object) -> str | None:
+    if revision is None:
+        return None
+    if not isinstance(revision, str):
+        raise InvalidOptionError(
+            f"revision must be a string naming a branch, tag or commit (e.g. 'step1000') or a subfolder of a local "
+            f"folder; got {type(revision).__name__} {revision!r}."
+        )
+    if not revision.strip():
+        raise InvalidOptionError("revision is empty. Pass a revision such as 'step1000', or revision=None for the model itself.")
+    return revision
+
+
+def _local_revision(folder: str, revision: str) -> str:
+    """The subfolder ``revision`` of the local folder of revisions ``folder``."""
+    path = os.path.join(folder, revision)
+    root, target = os.path.realpath(folder), os.path.realpath(path)
+    # Only a folder inside it: "..", "../other" or an absolute path would load some other model.
+    if not os.path.isabs(revision) and os.path.isdir(path) and target != root and os.path.commonpath([root, target]) == root:
+        return path
+    have = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    raise ModelNotFoundError(
+        f"{folder!r} has no revision {revision!r} (no subfolder of that name).{did_you_mean(revision, have)} "
+        f"Revisions there: {', '.join(have) or '(none: it has no subfolders)'}. Pass one of them, or "
+        "revision=None to load the folder itself."
+    )
+
+
+def _is_headzoo_checkpoint(folder: str) -> bool:
+    """Whether ``folder`` is meant as a headzoo checkpoint: its config.json says so, or is damaged
+    (then load_checkpoint says how); a Hugging Face model folder's config.json has no such format."""
+    from headzoo._checkpoint import FORMAT
+
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    return isinstance(fmt, str) and fmt.split("/")[0] == FORMAT.split("/")[0]
+
+
+def _load_headzoo_checkpoint(folder: str, backend: Backend, device: torch.device | None, dtype: torch.dtype | None) -> Any:
+    """A headzoo checkpoint folder, named by its config (plus ``@step-N``) so atlases and sweeps tell steps apart."""
+    from headzoo._checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None  # load_checkpoint reports the damaged config
+    name = None
+    if isinstance(meta, dict):
+        base = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else os.path.basename(os.path.normpath(folder))
+        step = meta.get("step")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+            raise CheckpointError(f"{os.path.join(folder, 'config.json')} has step={step!r}; a step is a whole number >= 0")
+        name = f"{base}@step-{step}" if step is not None else base
+    return load_checkpoint(folder, backend=backend, device=device, dtype=dtype, name=name)
 
 
 def _check_device(device: object) -> torch.device | None:
@@ -220,25 +314,51 @@ def _check_dtype(dtype: object) -> torch.dtype | None:
     return dtype
 
 
-def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dtype: torch.dtype | None) -> Any:
-    """A Hugging Face model by id or local directory (needs the hub or a local cache)."""
+def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dtype: torch.dtype | None,
+                   revision: str | None = None) -> Any:
+    """A Hugging Face model by id or local directory, at ``revision`` (needs the hub or a local cache)."""
     try:
         if backend == "hooked":
             # Looked up at run time: only TransformerLens 3.x has it (4.x types the name as a
             # migration pointer), and check_backend has made sure this install does.
+            # from_pretrained forwards revision= to the Hugging Face loader.
             hooked: Any = importlib.import_module("transformer_lens").HookedTransformer
-            kwargs = {"device": device} if device is not None else {}
+            kwargs: dict[str, Any] = {"device": device} if device is not None else {}
+            if revision is not None:
+                kwargs["revision"] = revision
             model = hooked.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
         else:
             from transformer_lens.model_bridge import TransformerBridge
 
-            model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32)
+            boot: Any = TransformerBridge.boot_transformers
+            kwargs = {}
+            if revision is not None:
+                kwargs = _bridge_revision_kwargs(boot, name, revision, dtype or torch.float32)
+            model = boot(name, device=device, dtype=dtype or torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
+        at = f" at revision {revision!r}" if revision is not None else ""
         raise ModelNotFoundError(
-            f"{name!r} is not a bundled model{did_you_mean(name, _ZOO)} and could not be loaded "
+            f"{name!r} is not a bundled model{did_you_mean(name, _ZOO)} and could not be loaded{at} "
             f"from the Hugging Face hub or a local cache/path ({type(exc).__name__}: {exc}). "
             f"Bundled models: {', '.join(_ZOO)}. For hub models, connect to the hub once or "
             "point HF_HOME at a cache that has the model."
         ) from exc
     model.eval()
     return model
+
+
+def _bridge_revision_kwargs(boot: Callable[..., Any], name: str, revision: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Keywords that make ``boot_transformers`` load ``revision``: its own ``revision=`` where it has
+    one (TransformerLens 4.x), else the Hugging Face model loaded at that revision and handed in."""
+    params = inspect.signature(boot).parameters
+    if "revision" in params:
+        return {"revision": revision}
+    if "hf_model" in params:
+        from transformers import AutoModelForCausalLM
+
+        return {"hf_model": AutoModelForCausalLM.from_pretrained(name, revision=revision, torch_dtype=dtype)}
+    raise UnsupportedModelError(
+        "this TransformerLens' TransformerBridge.boot_transformers takes neither revision= nor hf_model=, so it "
+        f"cannot load {name!r} at revision {revision!r}. Upgrade transformer-lens, or download that revision to a "
+        "folder and pass the folder."
+    )
