@@ -37,6 +37,7 @@ from headzoo._errors import CorruptFileError, InvalidOptionError
 from headzoo._io import Payload, Result, positive_int, write_atomic
 from headzoo._models import library_versions
 from headzoo._sweep_models import SweepModel, expand_models
+from headzoo._tokens import check_bool
 
 __all__ = ["sweep", "Sweep", "RESULT_COLUMNS", "JOB_COLUMNS"]
 
@@ -358,12 +359,6 @@ def _jobs_dtypes(jobs: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- checks --------------------------------------------------------------------------------------
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidOptionError(f"{name} must be True or False; got {value!r}")
-    return bool(value)
-
-
 def _check_out(out: Any) -> Path:
     if not isinstance(out, (str, os.PathLike)):
         raise InvalidOptionError(f"out must be a folder path (str or os.PathLike); got {type(out).__name__} {out!r:.80}")
@@ -461,10 +456,10 @@ def sweep(
         raise InvalidOptionError(f"gpus_per_job must be a number >= 0 or None; got {gpus_per_job!r}")
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
         raise InvalidOptionError(f"seed must be a non-negative integer; got {seed!r}")
-    flags = {name: _check_bool(value, name) for name, value in
+    flags = {name: check_bool(value, name) for name, value in
              (("atlas", atlas), ("examples", examples), ("importance", importance), ("retry_failed", retry_failed))}
     if progress is not None:
-        _check_bool(progress, "progress")
+        check_bool(progress, "progress")
     for name, value in (("device", device), ("dtype", dtype)):
         if value is not None and not isinstance(value, str) and type(value).__module__ != "torch":
             raise InvalidOptionError(f"{name} must be a string such as 'cpu' / 'float16' or a torch {name}; got {value!r}")
