@@ -70,7 +70,10 @@ class Shape:
         """The shape of a model (``meta`` too), a TransformerLens config, a dict of its fields
         or a :class:`ModelInfo`; ``dtype`` overrides the one recorded there."""
         cfg = getattr(obj, "cfg", obj)
-        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+
+        def get(key: str, default: Any = None) -> Any:
+            return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
         missing = [k for k in ("n_layers", "n_heads", "d_model", "d_head", "n_ctx", "d_vocab") if get(k) is None]
         if missing:
             raise InvalidOptionError(

@@ -200,8 +200,8 @@ def head_weights(model: Any, which: WeightName, layer: int | None = None) -> tor
         # devices (or offloaded to disk); read layer by layer onto the first layer's device.
         per_layer = [head_weights(model, which, i) for i in range(len(blocks))]
         return torch.stack([w.to(per_layer[0].device) for w in per_layer])
-    if layer is not None:
-        attn = getattr(blocks[layer], "attn", None) if blocks is not None else None
+    if layer is not None and blocks is not None:
+        attn = getattr(blocks[layer], "attn", None)
         if attn is not None:
             with materialized(blocks[layer]):
                 w = getattr(attn, f"W_{which}", None)
