@@ -29,18 +29,14 @@ _TIE = 1e-6
 
 def _w_o(circuits: Any, layer: int) -> torch.Tensor:
     """``W_O`` of one layer as ``[head * d_head, d_model]`` (float32, on the workspace's device)."""
-    w_o = circuits.model.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
-    return w_o.float().to(circuits.device).reshape(-1, w_o.shape[-1])
+    w_o = circuits.w_o(layer)  # [head, d_head, d_model]
+    return w_o.reshape(-1, w_o.shape[-1])
 
 
 def _readout(circuits: Any, cols: slice | torch.Tensor) -> torch.Tensor:
     """``[d_model, col]``: the unembedding of output tokens ``cols`` behind the final norm's
     linear part (``WeightCircuits.final_readout``: its weight, and centring where it centres)."""
-    centres, weight = circuits.final_readout()
-    w_u = circuits.model.W_U.detach()
-    w_u = w_u[:, cols if isinstance(cols, slice) else cols.to(w_u.device)].float().to(circuits.device)
-    w_u = weight[:, None] * w_u
-    return w_u - w_u.mean(0, keepdim=True) if centres else w_u
+    return circuits.readout(cols)
 
 
 def _logits(v: torch.Tensor, w_o: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,7 @@ from headzoo._importance import HeadImportance, head_importance
 from headzoo._ioi import IOIPrompts, ioi_prompts
 from headzoo._literature import literature_agreement, published_heads
 from headzoo._masking import MaskingCurve, retrieval_masking
+from headzoo._memory import memory_plan
 from headzoo._mod10 import Mod10Features, SuccessorEditing, mod10_features, successor_editing
 from headzoo._models import ModelInfo, TransformerLensModel, model_info
 from headzoo._needle import NeedleHaystack, NeedleRun, NeedleTrials, decode_needles
@@ -90,6 +91,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
     __version__ = "0+unknown"
 
 __all__ = [
+    "memory_plan",
     "UnknownTokenWarning",
     "STAGES",
     "Detector",

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from headzoo._embedding import EmbeddingVariant, effective_embedding
 from headzoo._errors import InvalidOptionError, UnsupportedModelError
-from headzoo._models import ModelInfo, head_weights, model_info
+from headzoo._models import ModelInfo, has_weight, head_weights, model_info, model_weight
 from headzoo._tokens import ordinary_ids
 
 __all__ = ["ov_copying_ratio", "WeightCircuits", "OVRanks", "rank_cutoff"]
@@ -49,14 +49,14 @@ def ov_copying_ratio(model: Any) -> Float[torch.Tensor, "layer head"]:
     Returns:
         ``[layer, head]`` float64 tensor on the CPU.
     """
-    w_e = getattr(model, "W_E", None)
-    w_u = getattr(model, "W_U", None)
+    w_e = model_weight(model, "W_E")
+    w_u = model_weight(model, "W_U")
     if w_e is None or w_u is None:
         raise UnsupportedModelError(f"{type(model).__name__} exposes no W_E/W_U; copying scores need them.")
     info = model_info(model)
     out = torch.zeros(info.n_layers, info.n_heads, dtype=torch.float64)
     with torch.no_grad():
-        ue = w_u.detach().float() @ w_e.detach().float()  # [d_model, d_model]
+        ue = w_u.float() @ w_e.float().to(w_u.device)  # [d_model, d_model]
         for layer in range(info.n_layers):  # one layer at a time keeps the peak small
             w_v = head_weights(model, "V", layer).float().to(ue.device)  # [head, d_model, d_head]
             w_o = head_weights(model, "O", layer).float().to(ue.device)  # [head, d_head, d_model]
@@ -152,7 +152,7 @@ class WeightCircuits:
 
     def __init__(self, model: Any, *, progress: bool | None = None, chunk_bytes: int = 24 * 2**20) -> None:
         for name in ("W_U", "W_V", "W_O", "W_Q", "W_K"):
-            if getattr(model, name, None) is None:
+            if not has_weight(model, name):
                 raise UnsupportedModelError(
                     f"{type(model).__name__} exposes no {name}; weight-based detectors need "
                     "TransformerLens' weight properties (W_Q, W_K, W_V, W_O, W_U)."
@@ -226,6 +226,21 @@ class WeightCircuits:
         block = self.model.blocks[layer]
         return _unbiased(getattr(block, "ln1", None), x)
 
+    def _w_u(self) -> Float[torch.Tensor, "d_model d_vocab"]:
+        w_u = model_weight(self.model, "W_U")
+        assert w_u is not None  # checked in __init__
+        return w_u
+
+    def readout(self, cols: slice | Int[torch.Tensor, " c"]) -> Float[torch.Tensor, "d_model c"]:
+        """``[d_model, c]``: the unembedding of output tokens ``cols`` behind the final norm's
+        linear part (its weight, and centring where the norm centres), float32 on :attr:`device`."""
+        return self._readout(cols)
+
+    def w_o(self, layer: int) -> Float[torch.Tensor, "head d_head d_model"]:
+        """Layer ``layer``'s ``W_O`` as float32 on :attr:`device` (read layer by layer, so a model
+        split or offloaded by a device map is never gathered whole)."""
+        return head_weights(self.model, "O", layer).float().to(self.device)
+
     def final_readout(self) -> tuple[bool, Float[torch.Tensor, " d_model"]]:
         """The final normalisation's linear part: ``(centres, weight)``.
 
@@ -240,7 +255,9 @@ class WeightCircuits:
     def _readout(self, cols: slice | Int[torch.Tensor, " c"]) -> Float[torch.Tensor, "d_model c"]:
         """``diag(w) @ W_U[:, cols]``, centred over ``d_model`` when the final norm centres."""
         centres, weight = self.final_readout()
-        w_u = self.model.W_U.detach()[:, cols].float().to(self.device)
+        w_u = self._w_u()
+        # W_U may sit on another device than the first layer (a device map): index it there
+        w_u = w_u[:, cols if isinstance(cols, slice) else cols.to(w_u.device)].float().to(self.device)
         if centres:  # C @ diag(w) @ W_U with C = I - 11^T/d: centre the rows of diag(w) W_U
             w_u = weight[:, None] * w_u
             return w_u - w_u.mean(0, keepdim=True)
@@ -375,7 +392,8 @@ class WeightCircuits:
         ids = self.sample(n_tokens, seed)
         keys_x = self.embedding(ids, variant)
         if query == "unembed":
-            q_x = self.model.W_U.detach()[:, ids.to(self.model.W_U.device)].T.float().to(self.device)
+            w_u = self._w_u()
+            q_x = w_u[:, ids.to(w_u.device)].T.float().to(self.device)
         elif query == "embed":
             q_x = keys_x
         else:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from headzoo._circuits import norm_linear_part
 from headzoo._errors import InvalidOptionError, UnsupportedModelError
 from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
-from headzoo._models import head_weights, library_versions, model_info
+from headzoo._models import has_weight, head_weights, library_versions, model_info
 from headzoo._results import colour
 
 __all__ = ["CompositionScores", "composition_scores", "KINDS"]
@@ -206,7 +206,7 @@ def composition_scores(
     if not isinstance(baseline, bool):
         raise InvalidOptionError(f"baseline must be True or False; got {baseline!r}")
     for name in ("W_Q", "W_K", "W_V", "W_O"):
-        if getattr(model, name, None) is None:
+        if not has_weight(model, name):
             raise UnsupportedModelError(
                 f"{type(model).__name__} exposes no {name}; composition scores read TransformerLens' "
                 "weight properties (W_Q, W_K, W_V, W_O)."

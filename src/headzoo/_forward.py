@@ -510,6 +510,8 @@ def _readable_name(model: Any, name: str, param: torch.Tensor) -> str:
 def check_finite(model: Any) -> None:
     """Raise :class:`NonFiniteError` naming the first parameter holding NaN or infinity.
 
+    Parameters on the meta device (offloaded to disk by a device map) are skipped.
+
     The answer is remembered per model until a parameter is replaced or written in place, so
     repeated calls cost a tuple comparison.
     """
@@ -523,6 +525,10 @@ def check_finite(model: Any) -> None:
     except TypeError:  # not weak-referenceable
         pass
     for name, p in params():
+        if p.device.type == "meta":
+            # offloaded by a device map (accelerate keeps the weight on disk or in CPU memory and
+            # materialises it only inside the layer's forward): nothing here to read
+            continue
         if not bool(torch.isfinite(p.detach()).all()):
             bad = int((~torch.isfinite(p.detach())).sum())
             raise NonFiniteError(

@@ -39,7 +39,7 @@ from headzoo._errors import (
     UnsupportedModelError,
 )
 from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
-from headzoo._models import library_versions, model_info
+from headzoo._models import has_weight, library_versions, model_info
 from headzoo._ordinal import OrdinalTask, as_tasks, builtin_tasks, check_task_ids
 from headzoo._results import colour
 from headzoo._tokens import check_bool, check_int, token_strings
@@ -800,7 +800,7 @@ def successor_editing(
     else:
         chosen = as_tasks(tasks)
     for name in ("W_U", "W_V", "W_O"):
-        if getattr(model, name, None) is None:
+        if not has_weight(model, name):
             raise UnsupportedModelError(f"{type(model).__name__} exposes no {name}; editing reads the head's OV circuit.")
     circuits = WeightCircuits(model)
     n_out = circuits.n_outputs

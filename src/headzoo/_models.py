@@ -7,9 +7,11 @@ concrete class; the protocol and :func:`model_info` describe and check the surfa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -23,6 +25,9 @@ __all__ = [
     "model_info",
     "pattern_hook",
     "head_weights",
+    "model_weight",
+    "has_weight",
+    "materialized",
     "library_versions",
 ]
 
@@ -189,10 +194,19 @@ def head_weights(model: Any, which: WeightName, layer: int | None = None) -> tor
     """
     n_heads = int(model.cfg.n_heads)  # not model_info(): this runs once per layer in loops
     w = None
-    if layer is not None:
-        blocks = getattr(model, "blocks", None)
-        attn = getattr(blocks[layer], "attn", None) if blocks is not None else None
-        w = getattr(attn, f"W_{which}", None)
+    blocks = getattr(model, "blocks", None)
+    if layer is None and blocks is not None and _split(model):
+        # A model split by a device map: stacking over layers would meet weights on several
+        # devices (or offloaded to disk); read layer by layer onto the first layer's device.
+        per_layer = [head_weights(model, which, i) for i in range(len(blocks))]
+        return torch.stack([w.to(per_layer[0].device) for w in per_layer])
+    if layer is not None and blocks is not None:
+        attn = getattr(blocks[layer], "attn", None)
+        if attn is not None:
+            with materialized(blocks[layer]):
+                w = getattr(attn, f"W_{which}", None)
+                # a copy: the offloaded weight goes back to the meta device on leaving
+                w = w.detach().clone() if w is not None and _offloaded(blocks[layer]) else w
     if w is None:
         w = getattr(model, f"W_{which}", None)
         if w is None:
@@ -207,6 +221,61 @@ def head_weights(model: Any, which: WeightName, layer: int | None = None) -> tor
     if which in ("K", "V") and w.shape[head_axis] != n_heads:
         w = w.repeat_interleave(n_heads // w.shape[head_axis], dim=head_axis)
     return w
+
+
+def _offloaded(module: torch.nn.Module) -> bool:
+    """Whether a device map offloaded some of ``module``'s weights (they sit on ``meta``)."""
+    return any(p.device.type == "meta" for p in module.parameters())
+
+
+def _split(model: Any) -> bool:
+    """Whether ``model``'s weights live on more than one device (a device map, offloading)."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return False
+    return len({p.device for p in params()}) > 1
+
+
+@contextlib.contextmanager
+def materialized(module: Any) -> Iterator[None]:
+    """Inside the block, ``module``'s weights offloaded by a device map are in memory.
+
+    accelerate (which Hugging Face device maps use) keeps offloaded weights on the ``meta``
+    device and loads them only inside each submodule's forward; reading ``W_Q``/``W_U`` outside
+    a forward pass needs the same loading. One module at a time (a layer, the unembedding), so
+    the whole model is never materialised at once. A no-op for ordinary models.
+    """
+    if not isinstance(module, torch.nn.Module) or not _offloaded(module):
+        yield
+        return
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with contextlib.ExitStack() as stack:
+        for sub in module.modules():
+            if has_offloaded_params(sub):
+                stack.enter_context(align_module_device(sub))
+        yield
+
+
+def has_weight(model: Any, name: str) -> bool:
+    """Whether ``model`` exposes the weight property ``name`` (``"W_Q"``, ``"W_U"``, ...),
+    looked up on the class first: reading a stacked property would gather every layer's
+    weights (and fail on those a device map offloaded)."""
+    return getattr(type(model), name, None) is not None or getattr(model, name, None) is not None
+
+
+_WEIGHT_OWNER = {"W_U": "unembed", "W_E": "embed", "W_pos": "pos_embed"}
+
+
+def model_weight(model: Any, name: Literal["W_U", "W_E", "W_pos"]) -> torch.Tensor | None:
+    """``model.W_U`` (``[d_model, d_vocab]``), ``W_E`` (``[d_vocab, d_model]``) or ``W_pos``,
+    detached, also when a device map offloaded it; ``None`` when the model exposes none."""
+    owner = getattr(model, _WEIGHT_OWNER[name], None)
+    with materialized(owner):
+        w = getattr(model, name, None)
+        if w is None:
+            return None
+        return w.detach().clone() if isinstance(owner, torch.nn.Module) and _offloaded(owner) else w.detach()
 
 
 def library_versions() -> dict[str, str]:

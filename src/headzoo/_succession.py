@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any, cast, final
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ from headzoo._errors import (
 )
 from headzoo._forward import check_finite, final_norm, hook_name, require_hooks, run
 from headzoo._io import Payload, Result, normalise, positive_int, strings_as_str
-from headzoo._models import ModelInfo, head_weights, library_versions, model_info
+from headzoo._models import ModelInfo, head_weights, library_versions, model_info, model_weight
 from headzoo._ordinal import OrdinalTask, as_tasks, builtin_tasks, check_task_ids, numeric_tasks, ordinal_tasks
 from headzoo._results import colour
 from headzoo._stream import Window, heads_of_z, rank_key, read_corpus, truncate
@@ -403,7 +403,7 @@ def _readout(model: Any, d_model: int, device: torch.device, cols: torch.Tensor 
     """``C diag(w) W_U[:, cols]``: what the final norm's linear part and the unembedding make of
     a ``1 / scale``-divided residual vector (``C`` centres when the norm does)."""
     centres, weight = norm_linear_part(getattr(model, "ln_final", None), d_model, device)
-    w_u = model.W_U.detach()[:, cols].float().to(device) * weight[:, None]
+    w_u = cast(torch.Tensor, model_weight(model, "W_U"))[:, cols].float().to(device) * weight[:, None]
     return w_u - w_u.mean(0, keepdim=True) if centres else w_u
 
 

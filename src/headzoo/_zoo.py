@@ -14,9 +14,10 @@ import importlib
 import inspect
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -108,6 +109,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     revision: str | None = None,
+    device_map: str | int | dict[str, str | int] | None = None,
 ) -> Any:
     """A ready model: the bundled default, a zoo model by short name, a headzoo checkpoint folder,
     or a Hugging Face model, optionally at a revision.
@@ -130,10 +132,21 @@ def load_model(
         device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) that this torch
             build and machine offer; default: where TransformerLens puts it.
         dtype: a floating-point dtype, as ``torch.float16`` or ``"float16"``; default float32.
+        device_map: split a model too large for one device across several, as Hugging Face
+            accelerate does (``docs/large-models.md``): ``"auto"`` (also ``"balanced"``,
+            ``"balanced_low_0"``, ``"sequential"``), a number of GPUs, or a dict from module
+            names (``"transformer.h.0"``) to devices (``"cuda:1"``, ``1``, ``"cpu"``,
+            ``"disk"``: offloaded, loaded layer by layer in each forward pass). Hugging Face
+            models go through ``TransformerBridge.boot_transformers(device_map=...)``
+            (``HookedTransformer.from_pretrained(n_devices=...)`` for ``backend="hooked"``,
+            which splits by block count: ``"auto"`` or a number only). Bundled models are small:
+            ``"auto"`` puts them on the first GPU, else the CPU; a dict must name one device.
+            Exclusive with ``device``.
 
     Raises:
-        InvalidOptionError: an unknown device, dtype or backend, or a device this torch
-            build or machine does not have; checked before anything is loaded.
+        InvalidOptionError: an unknown device, dtype, backend or device map, a device (also
+            in a device map) this torch build or machine does not have; checked before
+            anything is loaded.
         UnsupportedModelError: ``backend="hooked"`` on TransformerLens 4.x.
         ModelNotFoundError: a near miss of a bundled name, a name that is not bundled and
             could not be loaded from the hub/cache, or a local folder without that revision
@@ -144,8 +157,11 @@ def load_model(
     torch_dtype = _check_dtype(dtype)
     check_backend(backend)
     revision = _check_revision(revision)
+    split = _check_device_map(device_map, device, backend)
     name = DEFAULT_MODEL if name is None else _check_name(name)
     if name in _ZOO and revision is None:
+        if split is not None:
+            torch_device = _one_device(split)
         return _ZOO[name].build(backend, torch_device, torch_dtype)
     if name in _ZOO:
         raise InvalidOptionError(
@@ -166,7 +182,7 @@ def load_model(
                 f"{', '.join(_ZOO)} (hz.list_models()). Hugging Face ids are looked up on the hub "
                 "as given, e.g. 'gpt2' or 'EleutherAI/pythia-70m'."
             )
-    return _load_from_hub(name, backend, torch_device, torch_dtype, revision)
+    return _load_from_hub(name, backend, torch_device, torch_dtype, revision, split)
 
 
 #: difflib ratio above which a non-bundled name counts as a typo of a bundled one
@@ -314,9 +330,12 @@ def _check_dtype(dtype: object) -> torch.dtype | None:
     return dtype
 
 
-def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dtype: torch.dtype | None,
-                   revision: str | None = None) -> Any:
-    """A Hugging Face model by id or local directory, at ``revision`` (needs the hub or a local cache)."""
+def _load_from_hub(
+    name: str, backend: Backend, device: torch.device | None, dtype: torch.dtype | None,
+    revision: str | None = None, split: str | int | dict[str, str | int] | None = None,
+) -> Any:
+    """A Hugging Face model by id or local directory, at ``revision``, optionally split over
+    devices by ``split`` (needs the hub or a local cache)."""
     try:
         if backend == "hooked":
             # Looked up at run time: only TransformerLens 3.x has it (4.x types the name as a
@@ -326,15 +345,26 @@ def _load_from_hub(name: str, backend: Backend, device: torch.device | None, dty
             kwargs: dict[str, Any] = {"device": device} if device is not None else {}
             if revision is not None:
                 kwargs["revision"] = revision
+            n_devices = _n_devices(split)
+            if n_devices > 1:
+                kwargs["n_devices"] = n_devices
             model = hooked.from_pretrained(name, dtype=dtype or torch.float32, **kwargs)
         else:
             from transformer_lens.model_bridge import TransformerBridge
 
             boot: Any = TransformerBridge.boot_transformers
-            kwargs = {}
+            kwargs = {"device": device}
+            if isinstance(split, int):
+                kwargs = {"n_devices": split} if split > 1 else {}
+            elif split is not None and not _cpu_only_auto(split):
+                kwargs = {"device_map": split}
+                if isinstance(split, dict) and "disk" in split.values():
+                    # accelerate reads offloaded layers back from here in every forward pass,
+                    # so the folder must outlive this call (it is the model's, like a cache)
+                    kwargs["offload_folder"] = tempfile.mkdtemp(prefix="headzoo-offload-")
             if revision is not None:
-                kwargs = _bridge_revision_kwargs(boot, name, revision, dtype or torch.float32)
-            model = boot(name, device=device, dtype=dtype or torch.float32, **kwargs)
+                kwargs.update(_bridge_revision_kwargs(boot, name, revision, dtype or torch.float32))
+            model = boot(name, dtype=dtype or torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         at = f" at revision {revision!r}" if revision is not None else ""
         raise ModelNotFoundError(
@@ -362,3 +392,86 @@ def _bridge_revision_kwargs(boot: Callable[..., Any], name: str, revision: str, 
         f"cannot load {name!r} at revision {revision!r}. Upgrade transformer-lens, or download that revision to a "
         "folder and pass the folder."
     )
+
+
+_AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map: object, device: object, backend: Backend) -> str | int | dict[str, str | int] | None:
+    """``device_map`` checked: every device it names exists here; exclusive with ``device``."""
+    if device_map is None:
+        return None
+    if device is not None:
+        raise InvalidOptionError(
+            f"device={device!r} and device_map={device_map!r} both say where the model goes; pass one "
+            "(device for a model that fits one device, device_map to split it)."
+        )
+    if isinstance(device_map, bool) or not isinstance(device_map, (str, int, dict)):
+        raise InvalidOptionError(
+            f"device_map must be 'auto', a number of GPUs or a dict from module names to devices; got "
+            f"{type(device_map).__name__} {device_map!r}."
+        )
+    if isinstance(device_map, str):
+        key = device_map.strip()
+        if key not in _AUTO_MAPS:
+            raise InvalidOptionError(
+                f"device_map={device_map!r} is not one of {', '.join(map(repr, _AUTO_MAPS))}; or pass a number of "
+                "GPUs, or a dict such as {'transformer.h.0': 'cuda:0', 'transformer.h.1': 'cuda:1'}."
+            )
+        return key
+    if isinstance(device_map, int):
+        available = torch.cuda.device_count()
+        if device_map < 1 or device_map > max(available, 1):
+            raise InvalidOptionError(
+                f"device_map={device_map} asks for {device_map} GPU(s), but torch sees {available}; "
+                f"pass a number from 1 to {max(available, 1)}, or 'auto'."
+            )
+        return device_map
+    if backend == "hooked":
+        raise InvalidOptionError(
+            "backend='hooked' splits a model by block count only (HookedTransformer's n_devices): pass "
+            "device_map='auto' or a number of GPUs, or use backend='bridge' for a dict device map."
+        )
+    if not device_map:
+        raise InvalidOptionError("device_map={} places nothing; map module names to devices, or pass 'auto'.")
+    out: dict[str, str | int] = {}
+    for module, where in device_map.items():
+        if not isinstance(module, str):
+            raise InvalidOptionError(f"device_map keys are module names such as 'transformer.h.0'; got {module!r}.")
+        if isinstance(where, bool) or not isinstance(where, (str, int)):
+            raise InvalidOptionError(f"device_map[{module!r}] must be a device name or GPU index; got {where!r}.")
+        if where == "disk":
+            out[module] = where
+            continue
+        try:
+            _check_device(f"cuda:{where}" if isinstance(where, int) else where)
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(f"device_map[{module!r}]={where!r}: {exc}") from None
+        out[module] = where
+    return out
+
+
+def _n_devices(split: str | int | dict[str, str | int] | None) -> int:
+    """How many GPUs a block-count split (HookedTransformer's ``n_devices``) uses."""
+    if isinstance(split, int):
+        return split
+    return torch.cuda.device_count() if isinstance(split, str) else 1
+
+
+def _cpu_only_auto(split: str | int | dict[str, str | int]) -> bool:
+    """``"auto"`` on a machine without a GPU: the whole model on the CPU, as one device."""
+    return isinstance(split, str) and not torch.cuda.is_available()
+
+
+def _one_device(split: str | int | dict[str, str | int]) -> torch.device:
+    """The device a bundled (small) model goes to under ``split``."""
+    if not isinstance(split, dict):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    devices = {torch.device(f"cuda:{v}" if isinstance(v, int) else v) if v != "disk" else "disk" for v in split.values()}
+    if len(devices) != 1 or "disk" in devices:
+        raise InvalidOptionError(
+            f"bundled models fit on one device, so their device_map must name one (got {sorted(map(str, devices))}); "
+            "pass device=... instead, or device_map='auto'. Splitting across devices is for Hugging Face models."
+        )
+    (device,) = devices
+    return cast(torch.device, device)
