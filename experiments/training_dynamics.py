@@ -267,7 +267,7 @@ happen: `experiments/train_zoo.py --checkpoints N` keeps log-spaced snapshots of
 and `hz.sweep` scores every head of every snapshot.
 
 ```bash
-python experiments/train_zoo.py --config {config} --checkpoints {n_steps} --out runs/{series}
+{train_command}
 python experiments/training_dynamics.py --run runs/{series} --out results/training-dynamics
 ```
 
@@ -316,7 +316,7 @@ def _head_sentence(detector: str, top: dict[str, Any] | None, at: dict[str, Any]
     return s
 
 
-def page(facts: dict[str, Any], *, config: str, figure_name: str) -> str:
+def page(facts: dict[str, Any], *, config: str, figure_name: str, train_command: str | None = None) -> str:
     """The markdown page, every number taken from ``facts`` (see :func:`findings`)."""
     lines = [_head_sentence(d, facts["heads"].get(d), facts["at"].get(d, {})) for d in SHOWN]
     loss = facts["loss"]
@@ -336,12 +336,13 @@ def page(facts: dict[str, Any], *, config: str, figure_name: str) -> str:
                      + ("." if order != "after" else " only if it is not the one the induction head reads from."))
     steps = facts["steps"]
     series = facts["series"][0] if facts["series"] else "the run"
-    return PAGE.format(config=config, n_steps=len(steps), series=series, first_step=steps[0], last_step=steps[-1],
+    train_command = train_command or f"python experiments/train_zoo.py --config {config} --checkpoints {len(steps)} --out runs/{series}"
+    return PAGE.format(config=config, train_command=train_command, n_steps=len(steps), series=series, first_step=steps[0], last_step=steps[-1],
                        figure=figure_name, alt=f"loss and head scores of {series} over training", findings="\n".join(lines))
 
 
 def write_outputs(results: pd.DataFrame, log: pd.DataFrame, facts: dict[str, Any], *, out: Path, docs: Path,
-                  config: str) -> list[Path]:
+                  config: str, train_command: str | None = None) -> list[Path]:
     """Write the figure (PNG if plotly can export one, else SVG), the interactive HTML, the
     data CSVs and the page; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -359,7 +360,7 @@ def write_outputs(results: pd.DataFrame, log: pd.DataFrame, facts: dict[str, Any
     scores = results[[c for c in SCORE_COLUMNS if c in results]].sort_values(["series", "step", "detector", "layer", "head"])
     scores.to_csv(docs / "data" / "training-dynamics-scores.csv", index=False, float_format="%.6g")
     log.to_csv(docs / "data" / "training-dynamics-loss.csv", index=False, float_format="%.6g")
-    (docs / "training-dynamics.md").write_text(page(facts, config=config, figure_name=figure_name))
+    (docs / "training-dynamics.md").write_text(page(facts, config=config, figure_name=figure_name, train_command=train_command))
     return [*written, docs / "data" / "training-dynamics-scores.csv", docs / "data" / "training-dynamics-loss.csv",
             docs / "training-dynamics.md"]
 
@@ -380,6 +381,8 @@ def main() -> None:
     p.add_argument("--detectors", nargs="+", default=list(DETECTORS), help="detectors to sweep (retrieval costs more)")
     p.add_argument("--executor", default=None, choices=["serial", "ray"], help="default: hz.sweep's choice")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--train-command", default=None,
+                   help="the train_zoo.py command that made --run, quoted on the page (default: one inferred from the snapshots)")
     p.add_argument("--results", type=Path, default=None, help="redraw from this scores CSV instead of sweeping")
     args = p.parse_args()
 
@@ -390,7 +393,8 @@ def main() -> None:
     formation = formation_steps(results)
     facts = findings(results, log, formation)
     config = next(iter(sorted(results["series"].astype(str).unique())), "zoo-cpu").removeprefix("zoo-")
-    paths = write_outputs(results, log, facts, out=args.out, docs=args.docs, config=config)
+    paths = write_outputs(results, log, facts, out=args.out, docs=args.docs, config=config,
+                          train_command=args.train_command)
     print(json.dumps(facts, indent=1, default=str))
     shown = formation[formation["detector"].isin(list(SHOWN)) & formation["step"].notna()]
     print(shown.sort_values(["detector", "final_score"], ascending=[True, False]).to_string(index=False))
