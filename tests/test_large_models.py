@@ -36,10 +36,28 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(folder)
 
 
+def _bridge_offloads_to_disk() -> bool:
+    """Whether this TransformerLens' TransformerBridge can offload layers to disk (4.x can; 3.x refuses)."""
+    import inspect
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return "offload_folder" in inspect.signature(TransformerBridge.boot_transformers).parameters
+
+
 @pytest.fixture(scope="module")
 def split_pair(tiny_gpt2: str) -> tuple[object, object]:
     """The same model on one device and split by a device map (layer 0 offloaded)."""
+    if not _bridge_offloads_to_disk():
+        pytest.skip("this TransformerLens' TransformerBridge refuses disk offload (4.x has it); "
+                    "test_disk_offload_on_a_bridge_without_it_is_refused_clearly covers this line")
     return hz.load_model(tiny_gpt2), hz.load_model(tiny_gpt2, device_map=SPLIT)
+
+
+@pytest.mark.skipif(_bridge_offloads_to_disk(), reason="this TransformerLens offloads to disk (see split_pair)")
+def test_disk_offload_on_a_bridge_without_it_is_refused_clearly(tiny_gpt2: str) -> None:
+    with pytest.raises(hz.UnsupportedModelError, match=r"offloads layers to 'disk'.*Upgrade transformer-lens to 4\.x"):
+        hz.load_model(tiny_gpt2, device_map=SPLIT)
 
 
 def test_device_map_really_splits(split_pair: tuple[object, object]) -> None:

@@ -347,12 +347,23 @@ def _read_folder(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any],
     return _results_dtypes(results), _jobs_dtypes(pd.DataFrame(rows, columns=JOB_COLUMNS)), meta, tracebacks
 
 
+# pandas 3 has a string dtype ("str") whose missing value is NaN; before it, text columns are
+# object columns, where astype("str") would turn a missing value into the text "None"
+_TEXT: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+
+
+def _optional_text(column: pd.Series) -> pd.Series:
+    """``column`` as text with its missing values still missing (not the string ``"None"``)."""
+    values = [v if isinstance(v, str) else None if pd.isna(v) else str(v) for v in column.astype(object)]
+    return pd.Series(values, index=column.index, dtype=_TEXT)
+
+
 def _jobs_dtypes(jobs: pd.DataFrame) -> pd.DataFrame:
     jobs = cast(pd.DataFrame, jobs[JOB_COLUMNS]).copy()
     for col in ("job", "series", "model", "source", "status"):
         jobs[col] = jobs[col].astype(str)
-    for col in ("revision", "error", "atlas"):  # None stays missing
-        jobs[col] = jobs[col].astype(object).where(jobs[col].notna(), None).astype("str")
+    for col in ("revision", "error", "atlas"):
+        jobs[col] = _optional_text(cast(pd.Series, jobs[col]))
     jobs["step"] = jobs["step"].astype("Int64")
     jobs["seconds"] = pd.Series(pd.to_numeric(jobs["seconds"], errors="coerce"), index=jobs.index, dtype="float64")
     return jobs.reset_index(drop=True)

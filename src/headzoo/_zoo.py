@@ -359,22 +359,50 @@ def _load_from_hub(
             elif split is not None and not _cpu_only_auto(split):
                 kwargs = {"device_map": split}
                 if isinstance(split, dict) and "disk" in split.values():
+                    if "offload_folder" not in inspect.signature(boot).parameters:
+                        raise UnsupportedModelError(
+                            f"device_map={split!r} offloads layers to 'disk', but this TransformerLens "
+                            f"({_tl_version()}) has no offload_folder= and its TransformerBridge refuses disk "
+                            "offload. Upgrade transformer-lens to 4.x, or map every module to a GPU or the CPU."
+                        )
                     # accelerate reads offloaded layers back from here in every forward pass,
                     # so the folder must outlive this call (it is the model's, like a cache)
                     kwargs["offload_folder"] = tempfile.mkdtemp(prefix="headzoo-offload-")
             if revision is not None:
                 kwargs.update(_bridge_revision_kwargs(boot, name, revision, dtype or torch.float32))
             model = boot(name, dtype=dtype or torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        at = f" at revision {revision!r}" if revision is not None else ""
-        raise ModelNotFoundError(
-            f"{name!r} is not a bundled model{did_you_mean(name, _ZOO)} and could not be loaded{at} "
-            f"from the Hugging Face hub or a local cache/path ({type(exc).__name__}: {exc}). "
-            f"Bundled models: {', '.join(_ZOO)}. For hub models, connect to the hub once or "
-            "point HF_HOME at a cache that has the model."
-        ) from exc
+    except ValueError as exc:
+        if split is not None and "device_map" in str(exc):
+            # TransformerLens refuses some placements (3.x: CPU and GPU mixed in one map)
+            raise UnsupportedModelError(
+                f"this TransformerLens ({_tl_version()}) cannot place {name!r} by device_map={split!r}: {exc}"
+            ) from exc
+        raise _not_found(name, revision, exc) from exc
+    except (OSError, KeyError) as exc:
+        raise _not_found(name, revision, exc) from exc
     model.eval()
     return model
+
+
+def _tl_version() -> str:
+    """The installed TransformerLens' version, for messages."""
+    import importlib.metadata
+
+    try:
+        return "transformer-lens " + importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return "transformer-lens, version unknown"
+
+
+def _not_found(name: str, revision: str | None, exc: BaseException) -> ModelNotFoundError:
+    """The error for a model that is neither bundled nor loadable from the hub or a local path."""
+    at = f" at revision {revision!r}" if revision is not None else ""
+    return ModelNotFoundError(
+        f"{name!r} is not a bundled model{did_you_mean(name, _ZOO)} and could not be loaded{at} "
+        f"from the Hugging Face hub or a local cache/path ({type(exc).__name__}: {exc}). "
+        f"Bundled models: {', '.join(_ZOO)}. For hub models, connect to the hub once or "
+        "point HF_HOME at a cache that has the model."
+    )
 
 
 def _bridge_revision_kwargs(boot: Callable[..., Any], name: str, revision: str, dtype: torch.dtype) -> dict[str, Any]:
