@@ -2,11 +2,14 @@
 
 Run::
 
-    python experiments/train_zoo.py --config cpu --out results/zoo-cpu     # ~30 min on 2 CPU cores
-    python experiments/train_zoo.py --config gpu --out results/zoo-gpu --device cuda
+    python experiments/train_zoo.py --config small --out results/zoo-small     # curriculum v2, 2 CPU cores
+    python experiments/train_zoo.py --config medium --out results/zoo-medium --device cuda
+    python experiments/train_zoo.py --config cpu --out results/zoo-cpu     # curriculum v1, ~30 min on 2 CPU cores
 
-A killed run resumes from ``OUT/checkpoint/`` when started again with the same arguments. The
-loss per task (filler, induction, ordinal, retrieval, ioi) is written to ``OUT/log.jsonl``; the
+A killed run resumes from ``OUT/checkpoint/`` when started again with the same arguments. Each
+config names its curriculum: ``v2`` (``headzoo._curriculum_v2``: every head type's task, WordPiece
+tokenizer) for ``small``/``medium``/``tiny2``, ``v1`` (``headzoo._curriculum``: five tasks, word
+tokenizer) for ``cpu``/``gpu``/``tiny``. The loss per task is written to ``OUT/log.jsonl``; the
 final model goes to ``OUT/model/`` (``model.safetensors`` in TransformerLens' canonical names,
 ``config.json`` and the word tokenizer), which ``headzoo`` can ship and load into both model
 classes.
@@ -24,9 +27,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from headzoo._curriculum import TASKS, VOCABULARY, Curriculum
+from headzoo import _curriculum, _curriculum_v2
 
 CONFIGS = {
+    "small": dict(model=dict(n_layers=4, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=128),
+                  steps=6000, batch=32, lr=1e-3, warmup=200, weight_decay=0.05, curriculum="v2"),
+    "medium": dict(model=dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=256),
+                   steps=20000, batch=64, lr=6e-4, warmup=500, weight_decay=0.05, curriculum="v2"),
+    "tiny2": dict(model=dict(n_layers=2, d_model=64, n_heads=2, d_head=32, d_mlp=256, n_ctx=64),
+                  steps=40, batch=8, lr=1e-3, warmup=5, weight_decay=0.0, curriculum="v2"),
     "cpu": dict(model=dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=128),
                 steps=5000, batch=32, lr=1e-3, warmup=200, weight_decay=0.05),
     "gpu": dict(model=dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=256),
@@ -36,9 +45,33 @@ CONFIGS = {
 }
 
 
+class Recipe:
+    """What a config trains on: its curriculum's tasks, data stream and tokenizer."""
+
+    def __init__(self, name: str) -> None:
+        self.version = CONFIGS[name].get("curriculum", "v1")
+        self.module = _curriculum_v2 if self.version == "v2" else _curriculum
+        self.tasks: tuple[str, ...] = self.module.TASKS
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return tuple(self.module.vocabulary())
+
+    def data(self, n_ctx: int, seed: int):
+        klass = _curriculum_v2.CurriculumV2 if self.version == "v2" else _curriculum.Curriculum
+        return klass(n_ctx=n_ctx, seed=seed)
+
+    def tokenizer(self):
+        if self.version == "v2":
+            return _curriculum_v2.tokenizer()
+        from headzoo.testing import word_tokenizer
+
+        return word_tokenizer(list(self.vocabulary))
+
+
 def model_config(name: str) -> dict:
     m = CONFIGS[name]["model"]
-    return dict(**m, d_vocab=len(VOCABULARY) + 2, act_fn="gelu", normalization_type="LN",
+    return dict(**m, d_vocab=len(Recipe(name).vocabulary) + 2, act_fn="gelu", normalization_type="LN",
                 positional_embedding_type="standard", attn_only=False, default_prepend_bos=True)
 
 
@@ -52,12 +85,13 @@ def build(cfg: dict, seed: int):
     return TransformerBridge.boot_native(TransformerBridgeConfig(**{k: cfg[k] for k in keys}))
 
 
-def task_losses(logits: torch.Tensor, ids: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def task_losses(logits: torch.Tensor, ids: torch.Tensor, tasks: torch.Tensor,
+                names: tuple[str, ...] = _curriculum.TASKS) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token loss, and the loss per task label of the predicted token."""
     per = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     labels = tasks[:, 1:].reshape(-1)
     out = {}
-    for i, name in enumerate(TASKS):
+    for i, name in enumerate(names):
         mask = labels == i
         if mask.any():
             out[name] = float(per[mask].detach().mean())
@@ -110,7 +144,8 @@ def main() -> None:
         t = (step - conf["warmup"]) / max(1, steps - conf["warmup"])
         return conf["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    data = Curriculum(n_ctx=cfg["n_ctx"], seed=args.seed).batches(conf["batch"], start=start)
+    recipe = Recipe(args.config)
+    data = recipe.data(cfg["n_ctx"], args.seed).batches(conf["batch"], start=start)
     snapshot_steps = log_spaced_steps(steps, args.checkpoints)
     if 0 in snapshot_steps and start == 0:
         snapshot(out, model, cfg, args, 0, steps)
@@ -123,7 +158,7 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         logits = model(ids)
-        loss, per_task = task_losses(logits, ids, tasks)
+        loss, per_task = task_losses(logits, ids, tasks, recipe.tasks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -168,12 +203,10 @@ def snapshot(out: Path, model: torch.nn.Module, cfg: dict, args: argparse.Namesp
     """Write the weights at ``step`` as a headzoo checkpoint folder ``OUT/checkpoints/step-XXXXXX/``."""
     from headzoo._backends import from_bridge_state_dict
     from headzoo._checkpoint import save_checkpoint
-    from headzoo.testing import word_tokenizer
-
     state = from_bridge_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
     folder = out / "checkpoints" / f"step-{step:06d}"
     tmp = folder.with_name(folder.name + ".tmp")
-    save_checkpoint(tmp, state, cfg, word_tokenizer(list(VOCABULARY)), name=f"zoo-{args.config}", step=step,
+    save_checkpoint(tmp, state, cfg, Recipe(args.config).tokenizer(), name=f"zoo-{args.config}", step=step,
                     training={"config": args.config, "seed": args.seed, "steps": steps, "loss": loss})
     if folder.exists():
         import shutil
@@ -189,15 +222,15 @@ def export(out: Path, cfg: dict, args: argparse.Namespace, steps: int) -> Path:
 
     from headzoo._backends import from_bridge_state_dict
     from headzoo._checkpoint import save_checkpoint
-    from headzoo.testing import word_tokenizer
 
     state = from_bridge_state_dict(load_file(out / "checkpoint" / "model.safetensors"), cfg)
     lines = (out / "log.jsonl").read_text().splitlines()
     final = json.loads(lines[-1]) if lines else {}
     name = f"zoo-{args.config}"
     path = save_checkpoint(
-        out / "model", state, cfg, word_tokenizer(list(VOCABULARY)), name=name,
-        description=f"{cfg['n_layers']} layers x {cfg['n_heads']} heads, d_model {cfg['d_model']}, trained on headzoo's curriculum",
+        out / "model", state, cfg, Recipe(args.config).tokenizer(), name=name,
+        description=f"{cfg['n_layers']} layers x {cfg['n_heads']} heads, d_model {cfg['d_model']}, trained on headzoo's "
+                    f"curriculum {Recipe(args.config).version}",
         training={"config": args.config, "seed": args.seed, "steps": steps, **CONFIGS[args.config], "final": final},
     )
     print(f"exported {path}")
