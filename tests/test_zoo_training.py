@@ -35,11 +35,12 @@ def test_curriculum_is_seeded_streaming_and_labelled():
 
 
 @pytest.mark.slow
-def test_training_is_reproducible(tmp_path):
+@pytest.mark.parametrize("config", ["tiny", "tiny2"])  # curriculum v1 and v2
+def test_training_is_reproducible(tmp_path, config):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        subprocess.run([sys.executable, str(REPO / "experiments" / "train_zoo.py"), "--config", "tiny", "--out", str(out),
+        subprocess.run([sys.executable, str(REPO / "experiments" / "train_zoo.py"), "--config", config, "--out", str(out),
                         "--steps", "12", "--log-every", "1"], check=True, capture_output=True)
         runs.append([json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()])
     assert runs[0] == runs[1] and len(runs[0]) == 12
@@ -165,3 +166,31 @@ def test_a_killed_and_resumed_run_writes_the_same_snapshots(snapshot_run, tmp_pa
     assert sorted(resumed) == sorted(whole)
     assert {s: c["sha256"] for s, c in resumed.items()} == {s: c["sha256"] for s, c in whole.items()}
     assert not (split / "checkpoints" / "step-000012.tmp").exists()
+
+
+@pytest.mark.slow
+def test_a_curriculum_v2_model_loads_and_validate_zoo_reports_every_detector(tmp_path):
+    """tiny2 trains on curriculum v2; its export carries the WordPiece tokenizer, loads into both
+    classes, and the validation study writes its table with a row per scored detector."""
+    from headzoo._curriculum_v2 import vocabulary
+
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, str(REPO / "experiments" / "train_zoo.py"), "--config", "tiny2", "--out", str(run),
+                    "--steps", "6"], check=True, capture_output=True)
+    for backend in available_backends():
+        model = hz.load_model(str(run / "model"), backend=backend)
+        assert model.cfg.d_vocab == len(vocabulary()) + 2
+        assert model.tokenizer.tokenize("Karen's tamsin") == ["Karen", "'", "s", "tam", "##sin"]
+    out = tmp_path / "validation"
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "validate_zoo.py"), str(run / "model"), "--out",
+                           str(out), "--n", "16", "--draws", "2", "--k", "1", "--methods", "mean"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    facts = json.loads((out / "tasks.json").read_text())
+    assert facts["curriculum"] == "v2" and facts["ioi_held_out_templates"]["templates"] == 16
+    summary = __import__("pandas").read_csv(out / "summary.csv")
+    scored = set(__import__("pandas").read_parquet(out / "scores.parquet")["detector"])
+    assert set(summary["detector"]) == scored and len(scored) >= 15
+    assert (summary["random_draws"] == 2).all()
+    table = (out / "table.md").read_text().splitlines()
+    assert len(table) == 2 + len(scored)
