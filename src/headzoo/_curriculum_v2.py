@@ -205,6 +205,12 @@ def _probe_words() -> list[str]:
 
 
 @functools.cache
+def _whole_words() -> tuple[str, ...]:
+    """The vocabulary's word-initial entries (no ``##`` continuation pieces)."""
+    return tuple(w for w in vocabulary() if not w.startswith("##"))
+
+
+@functools.cache
 def vocabulary() -> tuple[str, ...]:
     """The tokenizer's vocabulary after ``<bos>`` and ``<unk>``: whole words first (curriculum
     and probes), then syllables and characters as word-initial pieces and as ``##`` pieces."""
@@ -408,9 +414,12 @@ class CurriculumV2:
         return [(self._sentence(rng), "filler") for _ in range(int(rng.integers(1, 3)))]
 
     def _random_words(self, rng: np.random.Generator, n: int) -> list[str]:
-        pool = vocabulary()
-        words = [pool[i] for i in rng.choice(len(pool), n, replace=False) if not pool[i].startswith("##")]
-        return [w if rng.random() > 0.1 else self._invented(rng) for w in words]
+        """n distinct words: whole vocabulary words, about one in ten an invented multi-piece word."""
+        pool = _whole_words()
+        words = [pool[i] if rng.random() > 0.1 else self._invented(rng) for i in rng.choice(len(pool), n, replace=False)]
+        while len(set(words)) < n:  # an invented word that happens to repeat another
+            words = list(dict.fromkeys(words)) + [pool[int(rng.integers(len(pool)))]]
+        return words
 
     def _induction(self, rng: np.random.Generator) -> list[tuple[list[str], str | None]]:
         long = rng.random() < 0.3
