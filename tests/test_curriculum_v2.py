@@ -155,6 +155,18 @@ def test_icl_pairs_follow_their_task_and_the_labels_skip_the_first_shots() -> No
         assert [la for _, la in seg[1:-1:3]] == [None, None] + ["icl"] * (len(ys) - 2)
 
 
+def test_ngram_alphabets_and_induction_spans_are_distinct_whole_words() -> None:
+    """Drawn words never include ## pieces and never repeat (a training run once died at step ~350
+    when an n-gram alphabet shrank to one word)."""
+    for i in range(3000):
+        rng = np.random.default_rng([11, i])
+        words = CUR._random_words(rng, 6 + i % 30)
+        assert len(set(words)) == len(words) == 6 + i % 30
+        assert not any(w.startswith("##") for w in words)
+        words, _ = _flat(CUR._ngram(rng))
+        assert 1 < len(set(words)) <= 6
+
+
 def test_ngram_labels_only_contexts_seen_before_and_those_are_consistent() -> None:
     for seg in _segments("ngram"):
         words, labels = _flat(seg)
