@@ -369,6 +369,25 @@ def test_default_corpus_follows_the_model():
     assert shipped.meta["corpus"]["source"] == "shipped" and shipped.meta["corpus"]["unknown_share"] > 0.5
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_model_with_either_curriculum_tokenizer_reads_that_curriculum(version):
+    """The zoo's tokenizers of both curricula: the default corpus is held-out text of the curriculum
+    that tokenizer was built for, with no unknown token; a tokenizer missing a word reads the
+    shipped text."""
+    from headzoo import _curriculum, _curriculum_v2
+    from headzoo._stream import _curriculum_documents
+
+    tok = _curriculum_v2.tokenizer() if version == "v2" else word_tokenizer(list(_curriculum.VOCABULARY))
+    model = planted_model(n_layers=2, n_heads=2, d_head=16, d_vocab=len(tok), n_ctx=128, tokenizer=tok, seed=1)
+    got = hz.head_examples(model, heads=[(1, 1)], k=2, deciles=False, max_tokens=1500, progress=False)
+    assert got.meta["corpus"]["source"] == "curriculum" and got.meta["corpus"]["unknown_share"] == 0.0
+    docs = _curriculum_documents(tok)
+    assert docs is not None and len(docs) == 64
+    if version == "v2":  # v2 text: sentences with capitals and pieces of invented words, not v1's word list
+        assert any(w not in set(_curriculum.VOCABULARY) for d in docs for w in d.split())
+    assert _curriculum_documents(word_tokenizer(list(_curriculum.VOCABULARY)[:-1])) is None
+
+
 def test_unknown_words_in_a_corpus_warn(planted):
     docs = word_docs(7, n_docs=2)
     with pytest.warns(hz.UnknownTokenWarning, match="qwertyuiop"):

@@ -70,21 +70,26 @@ CURRICULUM_DOCS = 64
 
 
 def _curriculum_documents(tokenizer: Any) -> list[str] | None:
-    """Held-out documents of headzoo's synthetic curriculum when ``tokenizer`` is the word
-    tokenizer the bundled zoo models were trained with (it holds every curriculum word as a
-    token); ``None`` otherwise. English prose is mostly unknown words to such a model, so its
-    default corpus is text from the distribution it was trained on."""
-    from headzoo._curriculum import VOCABULARY, Curriculum
+    """Held-out documents of headzoo's synthetic curriculum when ``tokenizer`` is one the bundled
+    zoo models were trained with (it holds every word of curriculum v2's WordPiece vocabulary, or
+    of curriculum v1's word vocabulary); ``None`` otherwise. English prose is mostly unknown words
+    to such a model, so its default corpus is text from the distribution it was trained on."""
+    from headzoo import _curriculum, _curriculum_v2
 
     vocab = tokenizer.get_vocab() if callable(getattr(tokenizer, "get_vocab", None)) else None
-    if not isinstance(vocab, dict) or not all(w in vocab for w in VOCABULARY):
+    if not isinstance(vocab, dict):
         return None
-    curriculum = Curriculum(n_ctx=128, seed=CURRICULUM_SEED)
     rng = np.random.default_rng(CURRICULUM_SEED)
+    if all(w in vocab for w in _curriculum_v2.vocabulary()):
+        v2 = _curriculum_v2.CurriculumV2(n_ctx=128, seed=CURRICULUM_SEED)
+        return [v2.text(rng) for _ in range(CURRICULUM_DOCS)]
+    if not all(w in vocab for w in _curriculum.VOCABULARY):
+        return None
+    curriculum = _curriculum.Curriculum(n_ctx=128, seed=CURRICULUM_SEED)
     docs = []
     for _ in range(CURRICULUM_DOCS):
         ids, _tasks = curriculum.sequence(rng)
-        docs.append(" ".join(VOCABULARY[i - curriculum.first_id] for i in ids if i >= curriculum.first_id))
+        docs.append(" ".join(_curriculum.VOCABULARY[i - curriculum.first_id] for i in ids if i >= curriculum.first_id))
     return docs
 
 
