@@ -244,8 +244,13 @@ def test_refused_with_a_typed_error_when_the_tokenizer_cannot_spell_names(name):
         hz.detect(model, name)
 
 
-def test_skipped_with_the_reason_on_the_default_zoo_model():
-    model = hz.load_model()
+def test_skipped_with_the_reason_on_a_word_model_that_cannot_spell_the_templates():
+    """A word-level vocabulary with names but none of the templates' words (curriculum v1's, which
+    the first zoo model used): every IOI detector is skipped with the reason, the rest run."""
+    from headzoo._curriculum import VOCABULARY
+
+    tok = hz.testing.word_tokenizer(list(VOCABULARY))
+    model = hz.testing.planted_model(n_layers=2, n_heads=2, d_head=16, d_vocab=len(tok), n_ctx=128, tokenizer=tok)
     with pytest.warns(UserWarning, match="skipped a detector"):
         scores = _detect_all_light(model)
     skipped = scores.meta["skipped_detectors"]
