@@ -131,9 +131,12 @@ def test_readme_patching_block_runs(model) -> None:
 
 
 # -- 7: unknown tokens ------------------------------------------------------------------------
-def test_unknown_words_warn_once_per_call(model) -> None:
+def test_unknown_words_warn_once_per_call() -> None:
+    # a word-level vocabulary (tok0, tok1, ...): the default model's WordPiece spells any word
+    model = hz.testing.planted_model(n_layers=2, n_heads=2, d_head=16, d_vocab=40, tokenizer=True, previous_token=(0, 0),
+                                     induction=(1, 0), duplicate_token=None)
     unk = model.tokenizer.unk_token_id
-    text = ["zzqx the blorf zzqx", "the the"]
+    text = ["zzqx tok1 blorf zzqx", "tok1 tok1"]
     n_unk = sum(int((model.to_tokens(t, truncate=False)[0] == unk).sum()) for t in text)
     assert n_unk == 3
     with pytest.warns(hz.UnknownTokenWarning) as caught:
@@ -146,7 +149,7 @@ def test_unknown_words_warn_once_per_call(model) -> None:
     assert Path(mine[0].filename).resolve() == Path(__file__).resolve()  # points at the caller
     with warnings.catch_warnings():
         warnings.simplefilter("error", hz.UnknownTokenWarning)
-        hz.detect(model, "previous_token", tokens="the the the")  # every word known: silent
+        hz.detect(model, "previous_token", tokens="tok1 tok2 tok1")  # every word known: silent
 
 
 def test_gpt2_style_unk_is_not_checked() -> None:
