@@ -1,7 +1,7 @@
 """When does each head type form in a zoo training run? The model card's "formation" table.
 
-``hz.sweep`` scores every snapshot of a ``train_zoo.py --checkpoints N`` run with the chosen
-detectors (no atlas pages), and ``hz.formation_steps`` finds, per head, the first snapshot from
+``hz.sweep`` scores every snapshot of a ``train_zoo.py --checkpoints N`` run with every detector
+(no atlas pages; a detector that does not apply to a snapshot yet is skipped there), and ``hz.formation_steps`` finds, per head, the first snapshot from
 which its score stays at or over the detector's threshold to the end of training. For each
 detector the table gives the earliest such step over all heads, the head, its final score, and
 the training loss on the task that head type serves at that snapshot (from the run's
@@ -88,9 +88,12 @@ def main() -> None:
     if len(snapshots) < 2:
         raise SystemExit(f"{args.run}/checkpoints has {len(snapshots)} snapshots; train with --checkpoints N (N >= 2)")
     args.out.mkdir(parents=True, exist_ok=True)
-    result = hz.sweep(str(args.run / "checkpoints" / "step-*"), args.detectors, out=args.out / "sweep",
+    # every detector, so one that does not apply yet (an early snapshot solves no IOI prompt) is
+    # skipped for that snapshot; named detectors would fail the snapshot's whole job instead
+    result = hz.sweep(str(args.run / "checkpoints" / "step-*"), None, out=args.out / "sweep",
                       executor=args.executor, atlas=False, examples=False, importance=False)
     frame = result.to_frame()
+    frame = frame[frame["detector"].isin(args.detectors)].reset_index(drop=True)
     formation = hz.formation_steps(frame)
     formation[formation["first_step"].notna()].to_csv(args.out / "formation.csv", index=False)
     log_path = args.run / "log.jsonl"

@@ -1,5 +1,6 @@
-"""The shipped default model, zoo-small: it copies in context, solves its tasks, and the detectors'
-top heads are the ones it uses (ablating them hurts far more than ablating random heads)."""
+"""The shipped default model, zoo-small (curriculum v2): it solves its tasks, IOI transfers to
+sentence frames held out of training, and for every head type the curriculum grew the detector's
+top head is one the model uses (ablating it hurts its task far more than ablating random heads)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import headzoo as hz
-from headzoo._curriculum import TASKS, Curriculum
+from headzoo._curriculum_v2 import TASKS, CurriculumV2
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def zoo():
 
 @pytest.fixture(scope="module")
 def batch(zoo):
-    return next(Curriculum(n_ctx=zoo.cfg.n_ctx, seed=10_000).batches(48))
+    return next(CurriculumV2(n_ctx=zoo.cfg.n_ctx, seed=10_000).batches(128))
 
 
 def _task(model, ids, tasks, name):
@@ -36,7 +37,11 @@ def test_default_is_the_trained_model_and_loads_deterministically():
     assert torch.equal(a(x), b(x))
 
 
-def test_it_copies_in_context_and_solves_its_tasks(zoo, batch):
+def test_it_solves_its_tasks_on_held_out_curriculum_text(zoo, batch):
+    accuracy = {name: _task(zoo, *batch, name)[1] for name in TASKS if name != "filler"}
+    print({k: round(v, 3) for k, v in accuracy.items()})
+    # chance is under 1/20 for every task but `seen` (1/2); measured on 256 sequences: 0.85 (icl) to 1.0
+    assert min(accuracy.values()) > 0.75 and accuracy["seen"] > 0.95, accuracy
     info = hz.model_info(zoo)
     ids = torch.cat(list(hz.RepeatedTokens(n_prompts=16).batches(info)))
     half = (ids.shape[1] - 1) // 2
@@ -44,31 +49,40 @@ def test_it_copies_in_context_and_solves_its_tasks(zoo, batch):
         logits = zoo(ids)[:, :-1]
     loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     first, second = float(loss[:, 1:half].mean()), float(loss[:, half + 1 :].mean())
-    print(f"repeated tokens: first copy {first:.3f}, second copy {second:.3f}")
-    assert second < 0.05 * first
-    accuracy = {name: _task(zoo, *batch, name)[1] for name in ("induction", "retrieval", "ordinal", "ioi")}
-    print(accuracy)
-    # chance: 1/481 for induction, 1/20 for retrieval, 1/2 for IOI, well under 0.5 for ordinals
-    assert accuracy["induction"] > 0.95 and accuracy["retrieval"] > 0.9 and accuracy["ordinal"] > 0.85 and accuracy["ioi"] > 0.9
+    print(f"repeated random tokens: first copy {first:.3f}, second copy {second:.3f}")
+    assert second < 0.5 * first  # copies random pieces too (0.26 measured: it trained on words, not pieces)
 
 
-@pytest.mark.parametrize("detector,task", [("induction", "induction"), ("retrieval", "retrieval")])
-def test_ablating_the_detected_heads_hurts_their_task_far_more_than_random_heads(zoo, batch, detector, task):
+def test_ioi_on_the_builtin_templates_held_out_of_training(zoo):
+    """The v1 model picked the indirect object in 28% of prompts outside its one training frame."""
+    prompts = hz.ioi_prompts(zoo, n=128, seed=1)
+    assert prompts.coverage["templates_kept"] == 16
+    with torch.no_grad():
+        diffs = prompts.logit_diffs(zoo(prompts.clean))
+    print(f"IO over S on {float((diffs > 0).float().mean()):.2f} of held-out prompts, mean logit diff {float(diffs.mean()):.2f}")
+    assert float(diffs.mean()) > 1.0 and float((diffs > 0).float().mean()) > 0.5
+
+
+@pytest.mark.parametrize("detector,task", [
+    ("induction", "induction"), ("ngram_induction", "ngram"), ("duplicate_token", "seen"),
+    ("successor", "successor"), ("name_mover", "ioi"),
+])
+def test_ablating_the_detected_head_hurts_its_task_far_more_than_random_heads(zoo, batch, detector, task):
     ids, tasks = batch
     base = _task(zoo, ids, tasks, task)[0]
-    scores = hz.detect(zoo, detector)
+    scores = hz.detect(zoo, detector, progress=False)
     top = [tuple(int(v) for v in r) for r in scores.top(1, detector)[["layer", "head"]].values]
     heads = [(layer, head) for layer in range(zoo.cfg.n_layers) for head in range(zoo.cfg.n_heads) if (layer, head) not in top]
     rng = np.random.default_rng(0)
 
     def damage(hs):
-        with hz.ablate(zoo, hs, "mean", reference_tokens=ids[:16]):
+        with hz.ablate(zoo, hs, "mean", reference_tokens=ids[:32]):
             return _task(zoo, ids, tasks, task)[0] - base
 
     hit = damage(top)
     random = [damage([heads[i]]) for i in rng.choice(len(heads), 5, replace=False)]
-    print(f"{detector}: top head {top} +{hit:.2f} loss; random heads {np.round(random, 2)}")
-    assert hit > 3 * np.mean(random) and hit > 1.0
+    print(f"{detector}: top head {top} +{hit:.2f} loss on {task}; random heads {np.round(random, 2)}")
+    assert hit > 3 * max(np.mean(random), 0.0) and hit > 0.15
 
 
 # --- names, devices, dtypes and backends are checked before anything is loaded ----------------
