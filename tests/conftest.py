@@ -21,6 +21,17 @@ from headzoo.testing import PlantSpec, planted_model  # noqa: E402
 BACKENDS = available_backends()
 
 
+def experiment_script(path):
+    """Import a script of ``experiments/`` (not a package) as a module, for testing its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.lru_cache(maxsize=32)
 def cached_planted(spec: PlantSpec, backend: str = "bridge", tokenizer: bool = False):
     """Planted models are read-only in the tests, so one build serves many tests."""

@@ -5,13 +5,13 @@ induction tokens drops between them."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import experiment_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "training_dynamics.py"
 STEPS = [0, 1, 3, 10, 30, 100]
@@ -19,11 +19,7 @@ STEPS = [0, 1, 3, 10, 30, 100]
 
 @pytest.fixture(scope="module")
 def td():
-    spec = importlib.util.spec_from_file_location("training_dynamics", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script(SCRIPT)
 
 
 def _score(detector: str, layer: int, head: int, step: int) -> float:

@@ -3,13 +3,13 @@ synthetic formation frame whose answer is known and end to end on a tiny trainin
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import experiment_script
 
 import headzoo as hz
 
@@ -19,11 +19,7 @@ SCRIPT = REPO / "experiments" / "zoo_formation.py"
 
 @pytest.fixture(scope="module")
 def zf():
-    spec = importlib.util.spec_from_file_location("zoo_formation", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script(SCRIPT)
 
 
 def test_the_table_takes_the_earliest_head_that_stays_and_the_task_loss_then(zf):
