@@ -32,13 +32,7 @@ from headzoo._checkpoint import load_checkpoint
 #: detector -> the task (curriculum label) its heads should matter for, per curriculum. The
 #: pattern heads of text (delimiter, subword merge, ...) have no task of their own: their row
 #: reports the loss on all other tokens ("filler").
-MATCHING_V2 = {
-    "induction": "induction", "previous_token": "induction", "ngram_induction": "ngram",
-    "retrieval": "retrieval", "successor": "successor", "successor_in_context": "successor",
-    "duplicate_token": "seen", "name_mover": "ioi", "s_inhibition": "ioi", "backup_name_mover": "ioi",
-    "negative_name_mover": "ioi", "copy_suppression": "except", "negative_copying": "except",
-    "copying": "induction", "function_vector": "icl", "relation": "icl",
-}
+MATCHING_V2 = _curriculum_v2.DETECTOR_TASKS
 MATCHING_V1 = {"induction": "induction", "previous_token": "induction", "retrieval": "retrieval",
                "successor": "ordinal", "duplicate_token": "ioi", "copying": "ioi", "negative_copying": "ioi",
                "copy_suppression": "ioi"}

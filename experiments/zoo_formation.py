@@ -19,21 +19,23 @@ Writes ``OUT/sweep/`` (the sweep), ``OUT/formation.csv`` (every head that passes
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import headzoo as hz
+from headzoo._curriculum_v2 import DETECTOR_TASKS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_dynamics import read_log  # noqa: E402  (a sibling script: the one reader of train_zoo's log)
 
 #: head types of the card, each with the curriculum-v2 task whose loss the table quotes
-DETECTORS = {
-    "previous_token": "induction", "induction": "induction", "duplicate_token": "seen",
-    "successor": "successor", "successor_in_context": "successor", "retrieval": "retrieval",
-    "name_mover": "ioi", "s_inhibition": "ioi", "copy_suppression": "except",
-    "negative_copying": "except", "ngram_induction": "ngram", "function_vector": "icl",
-}
+DETECTORS = {d: DETECTOR_TASKS[d] for d in (
+    "previous_token", "induction", "duplicate_token", "successor", "successor_in_context", "retrieval",
+    "name_mover", "s_inhibition", "copy_suppression", "negative_copying", "ngram_induction", "function_vector",
+)}
 
 
 def loss_at(log: pd.DataFrame, step: int, task: str) -> float:
@@ -96,9 +98,7 @@ def main() -> None:
     frame = frame[frame["detector"].isin(args.detectors)].reset_index(drop=True)
     formation = hz.formation_steps(frame)
     formation[formation["first_step"].notna()].to_csv(args.out / "formation.csv", index=False)
-    log_path = args.run / "log.jsonl"
-    log = pd.DataFrame([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]) \
-        if log_path.exists() else pd.DataFrame()
+    log = read_log(args.run) if (args.run / "log.jsonl").is_file() else pd.DataFrame()
     last = int(frame["step"].max())
     out = table(formation, log, {d: DETECTORS[d] for d in args.detectors}, last)
     text = markdown(out)

@@ -75,6 +75,16 @@ __all__ = ["TASKS", "CurriculumV2", "vocabulary", "tokenizer", "held_out_ioi_tem
 
 TASKS = ("filler", "induction", "ngram", "successor", "ordinal", "seen", "ioi", "except", "icl", "retrieval")
 
+#: detector -> the task (a label of :data:`TASKS`) whose tokens need a head of that type. The
+#: pattern heads of text (delimiter, subword merge, ...) have no task of their own.
+DETECTOR_TASKS = {
+    "induction": "induction", "previous_token": "induction", "ngram_induction": "ngram",
+    "retrieval": "retrieval", "successor": "successor", "successor_in_context": "successor",
+    "duplicate_token": "seen", "name_mover": "ioi", "s_inhibition": "ioi", "backup_name_mover": "ioi",
+    "negative_name_mover": "ioi", "copy_suppression": "except", "negative_copying": "except",
+    "copying": "induction", "function_vector": "icl", "relation": "icl",
+}
+
 BOS, UNK = "<bos>", "<unk>"
 _T = TypeVar("_T")
 
