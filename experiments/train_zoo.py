@@ -4,11 +4,12 @@ Run::
 
     python experiments/train_zoo.py --config small --out results/zoo-small     # curriculum v2, 2 CPU cores
     python experiments/train_zoo.py --config medium --out results/zoo-medium --device cuda
+    python experiments/train_zoo.py --config medium-cpu --out results/zoo-medium --checkpoints 24  # ~90 min, 2 cores
     python experiments/train_zoo.py --config cpu --out results/zoo-cpu     # curriculum v1, ~30 min on 2 CPU cores
 
 A killed run resumes from ``OUT/checkpoint/`` when started again with the same arguments. Each
 config names its curriculum: ``v2`` (``headzoo._curriculum_v2``: every head type's task, WordPiece
-tokenizer) for ``small``/``medium``/``tiny2``, ``v1`` (``headzoo._curriculum``: five tasks, word
+tokenizer) for ``small``/``medium``/``medium-cpu``/``tiny2``, ``v1`` (``headzoo._curriculum``: five tasks, word
 tokenizer) for ``cpu``/``gpu``/``tiny``. The loss per task is written to ``OUT/log.jsonl``; the
 final model goes to ``OUT/model/`` (``model.safetensors`` in TransformerLens' canonical names,
 ``config.json`` and the word tokenizer), which ``headzoo`` can ship and load into both model
@@ -34,6 +35,11 @@ CONFIGS = {
                   steps=6000, batch=32, lr=1e-3, warmup=200, weight_decay=0.05, curriculum="v2"),
     "medium": dict(model=dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=256),
                    steps=20000, batch=64, lr=6e-4, warmup=500, weight_decay=0.05, curriculum="v2"),
+    # zoo-medium where no GPU is lent: 6 layers and context 256 as ``medium``, at zoo-small's width and
+    # tokens per step (16 x 256). Measured on 2 CPU cores (OMP_NUM_THREADS=2): 1.35 s/step, so 4000
+    # steps take ~90 min; ``medium`` itself takes 11 s/step there (~60 h), ``small`` 0.5 s/step.
+    "medium-cpu": dict(model=dict(n_layers=6, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=256),
+                       steps=4000, batch=16, lr=1e-3, warmup=200, weight_decay=0.05, curriculum="v2"),
     "tiny2": dict(model=dict(n_layers=2, d_model=64, n_heads=2, d_head=32, d_mlp=256, n_ctx=64),
                   steps=40, batch=8, lr=1e-3, warmup=5, weight_decay=0.0, curriculum="v2"),
     "cpu": dict(model=dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=128),
