@@ -26,7 +26,7 @@ def test_planted_demo_loads_offline_and_has_its_planted_heads(backend, monkeypat
 def test_list_models_marks_the_default():
     table = hz.list_models()
     assert table.loc[table["default"], "name"].tolist() == ["zoo-small"]
-    assert {"zoo-small", "planted-demo"} <= set(table["name"])
+    assert {"zoo-small", "zoo-medium", "planted-demo"} <= set(table["name"])
 
 
 def test_a_hugging_face_model_from_a_local_directory(hf_gpt2):

@@ -85,6 +85,13 @@ _ZOO: dict[str, _ZooEntry] = {
         "successor L2H1, S-inhibition L1H5, name mover L3H1 (experiments/train_zoo.py --config small).",
         _bundled("zoo-small"),
     ),
+    "zoo-medium": _ZooEntry(
+        "zoo-medium",
+        "6 layers x 8 heads, d_model 128, context 256, with MLPs and zoo-small's WordPiece vocabulary; trained here "
+        "(91 min on 2 CPU cores) on curriculum v2, 4000 steps: induction and n-gram induction L3H5; IOI was still "
+        "being learned when training stopped (experiments/train_zoo.py --config medium-cpu; docs/zoo.md).",
+        _bundled("zoo-medium"),
+    ),
     "planted-demo": _ZooEntry(
         "planted-demo",
         "3 layers x 4 heads, weights constructed by hand: previous-token L0H2, duplicate-token "
